@@ -1,0 +1,76 @@
+// The backend seam. Models call these operators; the CPU backend (src/backend/cpu) is the
+// readable reference and the CUDA backend (src/backend/cuda) mirrors it op for op.
+//
+// Conventions (shape legend: B batch, C channels, H/W height/width, N rows, K codebook size,
+// E code vector dim, D code depth):
+//   * Activations are f32, contiguous, NCHW for the conv nets.
+//   * Weights are tensors already on the backend's device (see upload()); the CPU backend
+//     takes f32 weights, the CUDA backend may hold bf16/f16 weights and accumulates in f32.
+//   * Every op returns a new tensor on the backend's device; inputs are never modified.
+//   * Backward passes (training) will be added as separate methods next to their forward.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace hwaga {
+
+struct Conv2dParams {
+  int stride = 1;
+  // Zero padding per side. The taming Downsample uses {top 0, left 0, bottom 1, right 1}.
+  int pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+  static Conv2dParams same(int pad) { return {1, pad, pad, pad, pad}; }
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;  // e.g. "cpu (2 threads, oneDNN)" or "cuda (H100)"
+
+  // Moves a host tensor to this backend's memory as `dtype` (float types convert).
+  virtual Tensor upload(const Tensor& host, DType dtype) = 0;
+  // Copies a tensor of this backend back to host memory (same dtype).
+  virtual Tensor download(const Tensor& t) = 0;
+
+  // ---- conv nets (RQ-VAE, VQGAN) ----
+  // x [B,Cin,H,W], w [Cout,Cin,kh,kw], b [Cout] or undefined -> [B,Cout,Ho,Wo]
+  virtual Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dParams& p) = 0;
+  // GroupNorm over [B,C,H,W] with `groups` groups (C % groups == 0), affine gamma/beta [C];
+  // when silu is true, y = silu(norm(x)) in one pass.
+  virtual Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups,
+                            float eps, bool silu) = 0;
+  // Nearest-neighbour x2: [B,C,H,W] -> [B,C,2H,2W]
+  virtual Tensor upsample_nearest2x(const Tensor& x) = 0;
+  // a + b, same shape
+  virtual Tensor add(const Tensor& a, const Tensor& b) = 0;
+  // Single-head attention over the H*W positions of q,k,v [B,C,H,W]:
+  // out[b,:,i] = sum_j softmax_j(q[b,:,i].k[b,:,j] / sqrt(C)) v[b,:,j]  -> [B,C,H,W]
+  virtual Tensor attention_hw(const Tensor& q, const Tensor& k, const Tensor& v) = 0;
+  // [B,C,H,W] <-> [B,H,W,C]
+  virtual Tensor nchw_to_nhwc(const Tensor& x) = 0;
+  virtual Tensor nhwc_to_nchw(const Tensor& x) = 0;
+
+  // ---- quantizers ----
+  // Residual quantization of z [N,E] against codebook [K,E] (rows [0,K) are candidates), depth D:
+  // r_0 = z; c_d = argmin_k ||r_d - e_k||^2 (ties -> lowest k); r_{d+1} = r_d - e_{c_d}.
+  // Distances are computed as ||r||^2 + ||e||^2 - 2 r.e in f32, as the reference does.
+  // Returns int32 codes [N,D]. D = 1 is plain VQ.
+  virtual Tensor residual_quantize(const Tensor& z, const Tensor& codebook, int depth) = 0;
+  // codes int32 [N,D] (values in [0,K)), codebook [K,E] -> [N,E] = sum_d codebook[codes[:,d]]
+  virtual Tensor embed_sum(const Tensor& codes, const Tensor& codebook) = 0;
+
+  // ---- dense layers (transformers; more ops arrive with them) ----
+  // x [N,in] (any leading dims flattened), w [out,in], b [out] or undefined -> [N,out]
+  virtual Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) = 0;
+};
+
+// The CPU backend (always available).
+std::unique_ptr<Backend> make_cpu_backend();
+// The CUDA backend, or nullptr (with `why` set) when hwaga was built without CUDA or no GPU is found.
+std::unique_ptr<Backend> make_cuda_backend(std::string* why);
+// "cpu", "cuda" or "auto" (CUDA when available, else CPU). Prints nothing; the CLI says which.
+std::unique_ptr<Backend> make_backend(const std::string& which);
+
+}  // namespace hwaga
