@@ -8,6 +8,7 @@
 // E embed_dim (codebook vector dim), h/w latent height/width (R / 2^(levels-1)).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -42,14 +43,16 @@ inline constexpr float kTamingGnEps = 1e-6f;  // GroupNorm eps in both VAEs
 class WeightLoader {
  public:
   WeightLoader(const TensorMap& tensors, std::string prefix, std::string source, Backend& backend);
-  Tensor get(const std::string& name);
-  int64_t num_parameters() const { return n_params_; }
+  Tensor get(const std::string& name);  // tensors[prefix + name], uploaded as f32
+  // A loader for a sub-module: prefix + p. Shares this loader's parameter count.
+  WeightLoader sub(const std::string& p) const;
+  int64_t num_parameters() const { return *n_params_; }
 
  private:
-  const TensorMap& tensors_;
+  const TensorMap* tensors_;
   std::string prefix_, source_;
-  Backend& backend_;
-  int64_t n_params_ = 0;
+  Backend* backend_;
+  std::shared_ptr<int64_t> n_params_;
 };
 
 // ---- modules (weights live on the backend) ----
@@ -122,7 +125,7 @@ struct Encoder {  // [B,in_channels,R,R] -> [B,Z,h,w]
   MidBlock mid;
   GroupNorm norm_out;
   Conv2d conv_out;
-  void load(WeightLoader& w, const TamingConfig& cfg);  // names "conv_in.weight", ... (add "encoder." in the loader prefix)
+  void load(WeightLoader& w, const TamingConfig& cfg);  // names relative to "encoder."
   Tensor forward(Backend& be, const Tensor& x) const;
 };
 
@@ -140,7 +143,7 @@ struct Decoder {  // [B,Z,h,w] -> [B,out_ch,R,R]
   std::vector<DecoderLevel> up;
   GroupNorm norm_out;
   Conv2d conv_out;
-  void load(WeightLoader& w, const TamingConfig& cfg);
+  void load(WeightLoader& w, const TamingConfig& cfg);  // names relative to "decoder."
   Tensor forward(Backend& be, const Tensor& z) const;
 };
 
@@ -156,7 +159,7 @@ struct TamingAutoencoder {
   Conv2d quant_conv;       // 1x1 Z -> E
   Conv2d post_quant_conv;  // 1x1 E -> Z
   Decoder decoder;
-  void load(WeightLoader& w, const TamingConfig& cfg, int embed_dim);  // loader prefix "stage1."
+  void load(WeightLoader& w, const TamingConfig& cfg);  // w at the stage-1 root ("stage1.")
   // images [B,in,R,R] (backend) -> z_e [B,h,w,E] (backend, NHWC)
   Tensor encode_latent(Backend& be, const Tensor& images) const;
   // z_q [B,h,w,E] (backend, NHWC) -> [B,out_ch,R,R] (backend), not clamped
