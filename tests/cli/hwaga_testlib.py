@@ -1,0 +1,178 @@
+"""Shared helpers for the Python end-to-end tests (tests/cli, tests/parity) and tools/bench_stage1.py.
+
+Not a test itself (ctest runs only test_*.py). Needs numpy only; PyTorch is used through the
+reference scripts in tests/parity/torch_ref, run as separate processes with /usr/bin/python3.
+
+  HWAGA_BIN         the hwaga executable (ctest sets it)
+  HWAGA_SOURCE_DIR  the source tree (ctest sets it; defaults to this file's ../..)
+"""
+import os
+import struct
+import subprocess
+import sys
+import time
+import unittest
+import zlib
+
+import numpy as np
+
+SOURCE_DIR = os.environ.get("HWAGA_SOURCE_DIR") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+HWAGA_BIN = os.environ.get("HWAGA_BIN") or os.path.join(SOURCE_DIR, "build", "hwaga")
+TORCH_REF = os.path.join(SOURCE_DIR, "tests", "parity", "torch_ref")
+PYTHON = "/usr/bin/python3"  # the interpreter with torch (not a pyenv one on PATH)
+
+
+# ---------------------------------------------------------------- running things
+
+def run(args, timeout=900, env=None, check=False):
+    """Runs a command, returns CompletedProcess (text). Raises AssertionError on a crash (signal)."""
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    p = subprocess.run([str(a) for a in args], capture_output=True, encoding="utf-8", errors="backslashreplace", timeout=timeout, env=e)
+    if p.returncode < 0 or p.returncode in (134, 136, 139):
+        raise AssertionError("crashed (rc %d): %s\nstdout:\n%s\nstderr:\n%s" % (p.returncode, " ".join(map(str, args)), p.stdout, p.stderr))
+    if check and p.returncode != 0:
+        raise AssertionError("failed (rc %d): %s\nstdout:\n%s\nstderr:\n%s" % (p.returncode, " ".join(map(str, args)), p.stdout, p.stderr))
+    return p
+
+
+def hwaga(*args, **kw):
+    return run([HWAGA_BIN] + list(args), **kw)
+
+
+def torch_ref(script, *args, **kw):
+    kw.setdefault("check", True)
+    return run([PYTHON, os.path.join(TORCH_REF, script)] + list(args), **kw)
+
+
+def make_checkpoint(out_dir, kind, size="tiny", variant="attn8", n_embed=None, seed=0):
+    """tests/parity/torch_ref/make_checkpoint.py: random weights in the released layout.
+    rq-vae: out_dir/model.pt + config.yaml; vqgan: out_dir/stage1_last.ckpt + config.yaml."""
+    args = ["--kind", kind, "--size", size, "--seed", str(seed), "--out", out_dir]
+    if kind == "rq-vae":
+        args += ["--variant", variant]
+    if n_embed is not None:
+        args += ["--n-embed", str(n_embed)]
+    torch_ref("make_checkpoint.py", *args, timeout=600)
+    return out_dir
+
+
+def checkpoint_file(ckpt_dir, kind):
+    return os.path.join(ckpt_dir, "model.pt" if kind == "rq-vae" else "stage1_last.ckpt")
+
+
+# ---------------------------------------------------------------- PNG (no PIL needed)
+
+def write_png(path, rgb, text=None):
+    """rgb: uint8 [H,W,3]. Filter type 0 on every row; tEXt chunks from `text`."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    h, w, c = rgb.shape
+    assert c == 3
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+    for k, v in (text or {}).items():
+        out += chunk(b"tEXt", k.encode("latin-1") + b"\x00" + v.encode("latin-1"))
+    out += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    with open(path, "wb") as f:
+        f.write(out)
+
+
+def read_png(path):
+    """Returns (uint8 [H,W,C], {tEXt key: value}) for 8-bit, non-interlaced gray/RGB/RGBA PNGs."""
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "%s: not a PNG" % path
+    pos, idat, text = 8, b"", {}
+    w = h = ctype = None
+    while pos < len(data):
+        n, tag = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        crc = struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])[0]
+        assert zlib.crc32(tag + body) & 0xFFFFFFFF == crc, "%s: bad CRC in %s" % (path, tag)
+        pos += 12 + n
+        if tag == b"IHDR":
+            w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and interlace == 0 and ctype in (0, 2, 6), "%s: unsupported PNG" % path
+        elif tag == b"IDAT":
+            idat += body
+        elif tag == b"tEXt":
+            k, v = body.split(b"\x00", 1)
+            text[k.decode("latin-1")] = v.decode("latin-1")
+        elif tag == b"IEND":
+            break
+    bpp = {0: 1, 2: 3, 6: 4}[ctype]
+    raw = zlib.decompress(idat)
+    stride = w * bpp
+    img = np.zeros((h, stride), dtype=np.uint8)
+    prev = np.zeros(stride, dtype=np.int32)
+    for y in range(h):
+        f = raw[y * (stride + 1)]
+        line = np.frombuffer(raw, dtype=np.uint8, count=stride, offset=y * (stride + 1) + 1).astype(np.int32)
+        cur = np.zeros(stride, dtype=np.int32)
+        if f in (0, 2):
+            cur = (line + (prev if f == 2 else 0)) & 255
+        else:  # Sub, Average, Paeth depend on the already decoded left neighbour
+            for x in range(stride):
+                a = cur[x - bpp] if x >= bpp else 0
+                b = prev[x]
+                c = prev[x - bpp] if x >= bpp else 0
+                if f == 1:
+                    pred = a
+                elif f == 3:
+                    pred = (a + b) // 2
+                else:
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                cur[x] = (line[x] + pred) & 255
+        img[y] = cur
+        prev = cur
+    return img.reshape(h, w, bpp), text
+
+
+def test_picture(seed, size=256):
+    """A deterministic picture with smooth gradients, hard edges and a little noise: uint8 [S,S,3]."""
+    rng = np.random.RandomState(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    f = rng.uniform(1, 4, size=3)
+    ph = rng.uniform(0, 2 * np.pi, size=3)
+    img = np.stack([0.5 + 0.5 * np.sin(2 * np.pi * f[c] * (x * np.cos(ph[c]) + y * np.sin(ph[c])) + ph[c]) for c in range(3)], -1)
+    for _ in range(3):  # a few flat rectangles
+        x0, y0 = rng.randint(0, size // 2, size=2)
+        w0, h0 = rng.randint(size // 8, size // 2, size=2)
+        img[y0:y0 + h0, x0:x0 + w0] = rng.uniform(0, 1, size=3)
+    img += rng.normal(0, 0.03, size=img.shape)
+    return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+
+
+def write_test_pictures(folder, n, size=256, seed0=0):
+    paths = []
+    for i in range(n):
+        p = os.path.join(folder, "pic%d.png" % i)
+        write_png(p, test_picture(seed0 + i, size))
+        paths.append(p)
+    return paths
+
+
+def to_pixels(x):
+    """Decoder output in [-1,1] -> 8-bit, as hwaga's PNG writer and the pipelines do."""
+    return np.round(np.clip(x * 0.5 + 0.5, 0.0, 1.0) * 255.0).astype(np.int32)
+
+
+# ---------------------------------------------------------------- unittest driver
+
+def main():
+    """unittest.main with a closing "N passed, M failed" line and a real exit status."""
+    loader = unittest.TestLoader()
+    suite = loader.loadTestsFromModule(sys.modules["__main__"])
+    t0 = time.time()
+    result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(suite)
+    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    skipped = len(result.skipped)
+    passed = result.testsRun - failed - skipped
+    print("%d passed, %d failed, %d skipped (%.1f s)" % (passed, failed, skipped, time.time() - t0))
+    sys.exit(0 if failed == 0 and result.testsRun > 0 else 1)
