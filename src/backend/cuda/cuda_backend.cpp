@@ -1,0 +1,402 @@
+// The CUDA backend (see cuda_backend.h). Each operator checks its inputs, allocates its output
+// from the caching allocator, and launches the kernels of kernels/cuda on the backend's stream.
+#include "backend/cuda/cuda_backend.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include "backend/cuda/conv_cudnn.h"
+#include "backend/cuda/cuda_context.h"
+#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/group_norm.cuh"
+#include "kernels/cuda/quantize.cuh"
+#include "kernels/cuda/softmax.cuh"
+
+namespace hwaga {
+namespace {
+
+bool is_float(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const CudaBackendOptions& opts) : opts_(opts) {
+    ctx_.device = opts.device;
+    CUDA_CHECK(cudaSetDevice(opts.device));
+    cudaDeviceProp prop{};
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, opts.device));
+    gpu_name_ = prop.name;
+    sm_ = prop.major * 10 + prop.minor;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&ctx_.stream, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&ctx_.blas));
+    CUBLAS_CHECK(cublasSetStream(ctx_.blas, ctx_.stream));
+    CUBLAS_CHECK(cublasSetMathMode(ctx_.blas, CUBLAS_DEFAULT_MATH));  // f32 stays f32: no TF32
+    CUBLAS_CHECK(cublasLtCreate(&ctx_.lt));
+#ifdef HWAGA_HAVE_CUDNN
+    cudnnStatus_t st = cudnnCreate(&ctx_.dnn);
+    if (st == CUDNN_STATUS_SUCCESS) {
+      CUDNN_CHECK(cudnnSetStream(ctx_.dnn, ctx_.stream));
+      size_t v = cudnnGetVersion();
+      dnn_note_ = "cuDNN " + std::to_string(v / 10000) + "." + std::to_string((v % 10000) / 100);
+    } else {
+      ctx_.dnn = nullptr;
+      dnn_note_ = std::string("no cuDNN (") + cudnnGetErrorString(st) + "): im2col convs";
+    }
+#else
+    dnn_note_ = "no cuDNN: im2col convs";
+#endif
+    ctx_.alloc = std::make_shared<cuda::CachingAllocator>(opts.device);
+    conv_ = std::make_unique<cuda::Conv2d>(ctx_, opts.cudnn_find);
+  }
+
+  ~CudaBackend() override {
+    cudaStreamSynchronize(ctx_.stream);
+    conv_.reset();
+#ifdef HWAGA_HAVE_CUDNN
+    if (ctx_.dnn) cudnnDestroy(ctx_.dnn);
+#endif
+    cublasLtDestroy(ctx_.lt);
+    cublasDestroy(ctx_.blas);
+    cudaStreamDestroy(ctx_.stream);
+    // The allocator lives on in the deleters of tensors that outlive the backend; their blocks
+    // are freed with it.
+  }
+
+  Device device() const override { return Device::CUDA; }
+  std::string name() const override {
+    std::string s = "cuda (" + gpu_name_ + ", sm_" + std::to_string(sm_) + ", " + dnn_note_;
+    if (opts_.bf16_conv_weights) s += ", bf16 conv weights";
+    return s + ")";
+  }
+
+  Tensor upload(const Tensor& host, DType dtype) override {
+    HWAGA_CHECK(host.defined() || host.numel() == 0, "upload: undefined tensor");
+    if (opts_.bf16_conv_weights && dtype == DType::F32 && host.ndim() == 4 && is_float(host.dtype()))
+      dtype = DType::BF16;
+    if (host.device() == Device::CUDA) {
+      if (host.dtype() == dtype) return host;
+      return host.dtype() == DType::F32 && dtype == DType::BF16 ? to_bf16(host) : to_f32(host);
+    }
+    Tensor src = host;
+    if (host.dtype() != dtype) {
+      HWAGA_CHECK(is_float(host.dtype()) && is_float(dtype), "upload: cannot convert ", dtype_name(host.dtype()),
+                  " to ", dtype_name(dtype));
+      src = host.to(dtype);
+    }
+    Tensor d = ctx_.empty(src.shape(), dtype);
+    if (d.nbytes()) {
+      CUDA_CHECK(cudaMemcpyAsync(d.data(), src.data(), d.nbytes(), cudaMemcpyHostToDevice, ctx_.stream));
+      CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));  // `src` may be a temporary
+    }
+    return d;
+  }
+
+  Tensor download(const Tensor& t) override {
+    if (t.device() == Device::CPU) return t;
+    Tensor h = Tensor::empty(t.shape(), t.dtype());
+    if (h.nbytes()) CUDA_CHECK(cudaMemcpyAsync(h.data(), t.data(), h.nbytes(), cudaMemcpyDeviceToHost, ctx_.stream));
+    CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    return h;
+  }
+
+  Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dParams& p) override {
+    Tensor xd = act(x, "conv2d: x");
+    Tensor wd = dev(w);
+    if (wd.dtype() != DType::F32 && wd.dtype() != DType::BF16) wd = to_f32(wd);
+    Tensor bd = b.defined() ? act(b, "conv2d: bias") : Tensor();
+    return conv_->forward(xd, wd, bd, p);
+  }
+
+  Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
+                    bool silu) override {
+    Tensor xd = act(x, "group_norm: x");
+    HWAGA_CHECK(xd.ndim() >= 2, "group_norm: x ", shape_str(xd.shape()), " needs at least [B,C]");
+    const int64_t B = xd.dim(0), C = xd.dim(1), HW = xd.numel() / (B * C > 0 ? B * C : 1);
+    HWAGA_CHECK(groups > 0 && C % groups == 0, "group_norm: ", C, " channels do not split into ", groups,
+                " groups");
+    Tensor g = act(gamma, "group_norm: gamma"), bt = act(beta, "group_norm: beta");
+    HWAGA_CHECK(g.numel() == C && bt.numel() == C, "group_norm: gamma/beta ", shape_str(g.shape()), "/",
+                shape_str(bt.shape()), " do not match ", C, " channels");
+    Tensor y = ctx_.empty(xd.shape());
+    cuda::group_norm_f32(xd.ptr<float>(), g.ptr<float>(), bt.ptr<float>(), y.ptr<float>(), B, C, HW, groups, eps,
+                         silu, ctx_.stream);
+    return y;
+  }
+
+  Tensor upsample_nearest2x(const Tensor& x) override {
+    Tensor xd = act(x, "upsample_nearest2x: x");
+    HWAGA_CHECK(xd.ndim() == 4, "upsample_nearest2x: x ", shape_str(xd.shape()), " is not [B,C,H,W]");
+    Tensor y = ctx_.empty({xd.dim(0), xd.dim(1), 2 * xd.dim(2), 2 * xd.dim(3)});
+    cuda::upsample_nearest2x_f32(xd.ptr<float>(), y.ptr<float>(), xd.dim(0) * xd.dim(1), int(xd.dim(2)),
+                                 int(xd.dim(3)), ctx_.stream);
+    return y;
+  }
+
+  Tensor add(const Tensor& a, const Tensor& b) override {
+    Tensor ad = act(a, "add: a"), bd = act(b, "add: b");
+    HWAGA_CHECK(ad.shape() == bd.shape(), "add: shapes differ: ", shape_str(ad.shape()), " vs ",
+                shape_str(bd.shape()));
+    Tensor y = ctx_.empty(ad.shape());
+    cuda::add_f32(ad.ptr<float>(), bd.ptr<float>(), y.ptr<float>(), ad.numel(), ctx_.stream);
+    return y;
+  }
+
+  Tensor attention_hw(const Tensor& q, const Tensor& k, const Tensor& v) override {
+    Tensor qd = act(q, "attention_hw: q"), kd = act(k, "attention_hw: k"), vd = act(v, "attention_hw: v");
+    HWAGA_CHECK(qd.ndim() == 4 && kd.shape() == qd.shape() && vd.shape() == qd.shape(),
+                "attention_hw: q, k, v must share one [B,C,H,W] shape, got ", shape_str(qd.shape()), ", ",
+                shape_str(kd.shape()), ", ", shape_str(vd.shape()));
+    const int64_t B = qd.dim(0), C = qd.dim(1), N = qd.dim(2) * qd.dim(3);
+    Tensor out = ctx_.empty(qd.shape());
+    if (out.numel() == 0) return out;
+    HWAGA_CHECK(N < (int64_t(1) << 31) && C < (int64_t(1) << 31) && B < (int64_t(1) << 31),
+                "attention_hw: sizes too large");
+    std::shared_ptr<void> S = ctx_.scratch(size_t(B * N * N) * 4);  // scores [B, N_i, N_j]
+    float* s = static_cast<float*>(S.get());
+    const float scale = 1.0f / std::sqrt(float(C)), one = 1.0f, zero = 0.0f;
+    // Column-major: S^T[j,i] = sum_c k[c,j] q[c,i], i.e. S^T = K . Q^T with K, Q stored N x C (ld N).
+    CUBLAS_CHECK(cublasSgemmStridedBatched(ctx_.blas, CUBLAS_OP_N, CUBLAS_OP_T, int(N), int(N), int(C), &scale,
+                                           kd.ptr<float>(), int(N), C * N, qd.ptr<float>(), int(N), C * N, &zero, s,
+                                           int(N), N * N, int(B)));
+    cuda::softmax_rows_f32(s, B * N, N, ctx_.stream);
+    // out[c,i] = sum_j P[i,j] v[c,j]: column-major O[i,c] = (P stored N_j x N_i)^T . V (N x C).
+    CUBLAS_CHECK(cublasSgemmStridedBatched(ctx_.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(C), int(N), &one, s,
+                                           int(N), N * N, vd.ptr<float>(), int(N), C * N, &zero, out.ptr<float>(),
+                                           int(N), C * N, int(B)));
+    return out;
+  }
+
+  Tensor nchw_to_nhwc(const Tensor& x) override {
+    Tensor xd = act(x, "nchw_to_nhwc: x");
+    HWAGA_CHECK(xd.ndim() == 4, "nchw_to_nhwc: x ", shape_str(xd.shape()), " is not [B,C,H,W]");
+    const int64_t B = xd.dim(0), C = xd.dim(1), H = xd.dim(2), W = xd.dim(3);
+    Tensor y = ctx_.empty({B, H, W, C});
+    cuda::transpose_f32(xd.ptr<float>(), y.ptr<float>(), B, C, H * W, ctx_.stream);
+    return y;
+  }
+
+  Tensor nhwc_to_nchw(const Tensor& x) override {
+    Tensor xd = act(x, "nhwc_to_nchw: x");
+    HWAGA_CHECK(xd.ndim() == 4, "nhwc_to_nchw: x ", shape_str(xd.shape()), " is not [B,H,W,C]");
+    const int64_t B = xd.dim(0), H = xd.dim(1), W = xd.dim(2), C = xd.dim(3);
+    Tensor y = ctx_.empty({B, C, H, W});
+    cuda::transpose_f32(xd.ptr<float>(), y.ptr<float>(), B, H * W, C, ctx_.stream);
+    return y;
+  }
+
+  Tensor residual_quantize(const Tensor& z, const Tensor& codebook, int depth) override {
+    Tensor zd = act(z, "residual_quantize: z"), cb = act(codebook, "residual_quantize: codebook");
+    HWAGA_CHECK(cb.ndim() == 2 && zd.ndim() >= 1 && zd.dim(-1) == cb.dim(1),
+                "residual_quantize: z ", shape_str(zd.shape()), " and codebook ", shape_str(cb.shape()),
+                " must be [N,E] and [K,E]");
+    HWAGA_CHECK(depth >= 1, "residual_quantize: depth ", depth, " must be >= 1");
+    const int64_t E = cb.dim(1), K = cb.dim(0), N = E ? zd.numel() / E : 0;
+    HWAGA_CHECK(K >= 1 && K < (int64_t(1) << 31), "residual_quantize: codebook has ", K, " rows");
+    Tensor codes = ctx_.empty({N, depth}, DType::I32);
+    if (N == 0) return codes;
+    Tensor r = ctx_.empty({N, E});
+    CUDA_CHECK(cudaMemcpyAsync(r.data(), zd.data(), r.nbytes(), cudaMemcpyDeviceToDevice, ctx_.stream));
+    Tensor rnorm = ctx_.empty({N}), cnorm = ctx_.empty({K});
+    cuda::row_sqnorm_f32(cb.ptr<float>(), cnorm.ptr<float>(), K, E, ctx_.stream);
+    cuda::row_sqnorm_f32(r.ptr<float>(), rnorm.ptr<float>(), N, E, ctx_.stream);
+    // Distances for a chunk of rows at a time: at most 256 MiB of r.e products.
+    int64_t chunk = std::max<int64_t>(1, (int64_t(256) << 20) / (4 * K));
+    chunk = std::min(chunk, N);
+    std::shared_ptr<void> G = ctx_.scratch(size_t(chunk * K) * 4);
+    const float one = 1.0f, zero = 0.0f;
+    for (int d = 0; d < depth; ++d) {
+      for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+        const int64_t nc = std::min(chunk, N - n0);
+        // Row-major G[nc,K] = r[n0:n0+nc] . cb^T: column-major G^T[K,nc] = (cb stored E x K)^T . (r stored E x nc).
+        CUBLAS_CHECK(cublasSgemm(ctx_.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(K), int(nc), int(E), &one, cb.ptr<float>(),
+                                 int(E), r.ptr<float>() + n0 * E, int(E), &zero, static_cast<float*>(G.get()),
+                                 int(K)));
+        cuda::argmin_update_f32(static_cast<const float*>(G.get()), rnorm.ptr<float>(), cnorm.ptr<float>(),
+                                r.ptr<float>(), cb.ptr<float>(), codes.ptr<int32_t>(), n0, nc, K, E, depth, d,
+                                ctx_.stream);
+      }
+    }
+    return codes;
+  }
+
+  Tensor embed_sum(const Tensor& codes, const Tensor& codebook) override {
+    Tensor cb = act(codebook, "embed_sum: codebook");
+    HWAGA_CHECK(codes.defined() && codes.dtype() == DType::I32 && codes.ndim() >= 1,
+                "embed_sum: codes must be int32 [N,D], got ", dtype_name(codes.dtype()), " ",
+                shape_str(codes.shape()));
+    HWAGA_CHECK(cb.ndim() == 2, "embed_sum: codebook ", shape_str(cb.shape()), " is not [K,E]");
+    const int64_t K = cb.dim(0), E = cb.dim(1), D = codes.dim(-1), N = D ? codes.numel() / D : 0;
+    if (codes.device() == Device::CPU) {  // check on the host, where the error can name the code
+      const int32_t* c = codes.ptr<int32_t>();
+      for (int64_t i = 0; i < codes.numel(); ++i)
+        HWAGA_CHECK(c[i] >= 0 && c[i] < K, "embed_sum: code ", c[i], " at index ", i, " is outside [0, ", K, ")");
+    }
+    Tensor cd = dev(codes);
+    Tensor out = ctx_.empty({N, E});
+    if (out.numel() == 0) return out;
+    std::shared_ptr<void> bad = ctx_.scratch(sizeof(int));
+    CUDA_CHECK(cudaMemsetAsync(bad.get(), 0, sizeof(int), ctx_.stream));
+    cuda::embed_sum_f32(cd.ptr<int32_t>(), cb.ptr<float>(), out.ptr<float>(), static_cast<int*>(bad.get()), N,
+                        int(D), K, E, ctx_.stream);
+    int flag = 0;
+    CUDA_CHECK(cudaMemcpyAsync(&flag, bad.get(), sizeof(int), cudaMemcpyDeviceToHost, ctx_.stream));
+    CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    HWAGA_CHECK(flag == 0, "embed_sum: a code is outside [0, ", K, ")");
+    return out;
+  }
+
+  Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) override {
+    Tensor xd = act(x, "linear: x");
+    Tensor wd = dev(w);
+    if (wd.dtype() != DType::F32 && wd.dtype() != DType::BF16) wd = to_f32(wd);
+    HWAGA_CHECK(wd.ndim() == 2 && xd.ndim() >= 1 && xd.dim(-1) == wd.dim(1), "linear: x ", shape_str(xd.shape()),
+                " does not match weight ", shape_str(wd.shape()), " [out,in]");
+    const int64_t in = wd.dim(1), out = wd.dim(0), N = in ? xd.numel() / in : 0;
+    Shape ys = xd.shape();
+    ys.back() = out;
+    Tensor y = ctx_.empty(ys);
+    if (y.numel() == 0) return y;
+    cuda::linear_lt(ctx_, xd.ptr<float>(), wd.data(), wd.dtype(), y.ptr<float>(), N, out, in);
+    if (b.defined()) {
+      Tensor bd = act(b, "linear: bias");
+      HWAGA_CHECK(bd.numel() == out, "linear: bias ", shape_str(bd.shape()), " does not match ", out, " outputs");
+      cuda::add_bias_rows_f32(y.ptr<float>(), bd.ptr<float>(), N, out, ctx_.stream);
+    }
+    return y;
+  }
+
+  // ---- for cuda_backend.h's helpers ----
+  cuda::Context& ctx() { return ctx_; }
+  CudaStats stats() {
+    auto a = ctx_.alloc->stats();
+    CudaStats s;
+    s.in_use_bytes = a.in_use;
+    s.peak_in_use_bytes = a.peak_in_use;
+    s.reserved_bytes = a.reserved;
+    s.peak_reserved_bytes = a.peak_reserved;
+    s.conv_flops = conv_->flops;
+    s.device_name = gpu_name_;
+    return s;
+  }
+  void reset_stats() {
+    CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    ctx_.alloc->reset_peak();
+    conv_->flops = 0;
+  }
+
+ private:
+  // A tensor of this device (host tensors are uploaded as they are).
+  Tensor dev(const Tensor& t) {
+    HWAGA_CHECK(t.defined() || t.numel() == 0, "undefined tensor passed to the CUDA backend");
+    return t.device() == Device::CUDA ? t : upload(t, t.dtype());
+  }
+  // An f32 activation on this device.
+  Tensor act(const Tensor& t, const char* what) {
+    HWAGA_CHECK(t.defined() || t.numel() == 0, what, " is undefined");
+    Tensor d = dev(t);
+    if (d.dtype() == DType::F32) return d;
+    HWAGA_CHECK(is_float(d.dtype()), what, " has dtype ", dtype_name(d.dtype()), ", expected f32");
+    return to_f32(d);
+  }
+  Tensor to_f32(const Tensor& d) {
+    if (d.dtype() == DType::F32) return d;
+    HWAGA_CHECK(d.dtype() == DType::BF16, "CUDA backend: cannot convert ", dtype_name(d.dtype()), " to f32");
+    Tensor y = ctx_.empty(d.shape());
+    cuda::bf16_to_f32(d.ptr<uint16_t>(), y.ptr<float>(), d.numel(), ctx_.stream);
+    return y;
+  }
+  Tensor to_bf16(const Tensor& d) {
+    Tensor y = ctx_.empty(d.shape(), DType::BF16);
+    cuda::f32_to_bf16(d.ptr<float>(), y.ptr<uint16_t>(), d.numel(), ctx_.stream);
+    return y;
+  }
+
+  CudaBackendOptions opts_;
+  cuda::Context ctx_;
+  std::unique_ptr<cuda::Conv2d> conv_;
+  std::string gpu_name_, dnn_note_;
+  int sm_ = 0;
+};
+
+CudaBackend& as_cuda(Backend& be) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  HWAGA_CHECK(c, "backend '", be.name(), "' is not the CUDA backend");
+  return *c;
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend_with(const CudaBackendOptions& opts, std::string* why) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    cudaGetLastError();
+    if (why)
+      *why = e != cudaSuccess ? std::string("no CUDA device: ") + cudaGetErrorString(e) + " (" + cudaGetErrorName(e) + ")"
+                              : std::string("no CUDA device: the driver reports 0 GPUs");
+    return nullptr;
+  }
+  if (opts.device < 0 || opts.device >= n) {
+    if (why) *why = "CUDA device " + std::to_string(opts.device) + " requested, " + std::to_string(n) + " present";
+    return nullptr;
+  }
+  try {
+    return std::make_unique<CudaBackend>(opts);
+  } catch (const std::exception& ex) {
+    if (why) *why = std::string("CUDA backend failed to start: ") + ex.what();
+    return nullptr;
+  }
+}
+
+std::unique_ptr<Backend> make_cuda_backend(std::string* why) {
+  return make_cuda_backend_with(CudaBackendOptions{}, why);
+}
+
+CudaStats cuda_stats(Backend& be) { return as_cuda(be).stats(); }
+void cuda_reset_stats(Backend& be) { as_cuda(be).reset_stats(); }
+void cuda_synchronize(Backend& be) { CUDA_CHECK(cudaStreamSynchronize(as_cuda(be).ctx().stream)); }
+void* cuda_stream(Backend& be) { return as_cuda(be).ctx().stream; }
+
+double cuda_copy_bandwidth_gbs(Backend& be, size_t bytes, int iters) {
+  cuda::Context& ctx = as_cuda(be).ctx();
+  std::shared_ptr<void> a = ctx.scratch(bytes), b = ctx.scratch(bytes);
+  CUDA_CHECK(cudaMemsetAsync(a.get(), 1, bytes, ctx.stream));
+  CUDA_CHECK(cudaMemcpyAsync(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice, ctx.stream));  // warm-up
+  cudaEvent_t t0, t1;
+  CUDA_CHECK(cudaEventCreate(&t0));
+  CUDA_CHECK(cudaEventCreate(&t1));
+  CUDA_CHECK(cudaEventRecord(t0, ctx.stream));
+  for (int i = 0; i < iters; ++i)
+    CUDA_CHECK(cudaMemcpyAsync(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice, ctx.stream));
+  CUDA_CHECK(cudaEventRecord(t1, ctx.stream));
+  CUDA_CHECK(cudaEventSynchronize(t1));
+  float ms = 0;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
+  cudaEventDestroy(t0);
+  cudaEventDestroy(t1);
+  return 2.0 * double(bytes) * iters / (double(ms) * 1e-3) / 1e9;
+}
+
+double cuda_matmul_tflops(Backend& be, DType dtype, int n, int iters) {
+  cuda::Context& ctx = as_cuda(be).ctx();
+  size_t bytes = size_t(n) * n * dtype_size(dtype);
+  std::shared_ptr<void> a = ctx.scratch(bytes), b = ctx.scratch(bytes), d = ctx.scratch(bytes);
+  // Small values (0x3c3c as bf16 is ~0.0115; as f32 0x3c3c3c3c ~0.0115) keep the sums finite.
+  CUDA_CHECK(cudaMemsetAsync(a.get(), 0x3c, bytes, ctx.stream));
+  CUDA_CHECK(cudaMemsetAsync(b.get(), 0x3c, bytes, ctx.stream));
+  cuda::square_matmul_lt(ctx, a.get(), b.get(), d.get(), dtype, n);  // warm-up, picks the algorithm
+  cudaEvent_t t0, t1;
+  CUDA_CHECK(cudaEventCreate(&t0));
+  CUDA_CHECK(cudaEventCreate(&t1));
+  CUDA_CHECK(cudaEventRecord(t0, ctx.stream));
+  for (int i = 0; i < iters; ++i) cuda::square_matmul_lt(ctx, a.get(), b.get(), d.get(), dtype, n);
+  CUDA_CHECK(cudaEventRecord(t1, ctx.stream));
+  CUDA_CHECK(cudaEventSynchronize(t1));
+  float ms = 0;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
+  cudaEventDestroy(t0);
+  cudaEventDestroy(t1);
+  return 2.0 * double(n) * n * n * iters / (double(ms) * 1e-3) / 1e12;
+}
+
+}  // namespace hwaga

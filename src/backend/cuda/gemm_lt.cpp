@@ -1,0 +1,85 @@
+// Dense matrix products on cuBLASLt (Backend::linear and the matrix-rate measurement).
+#include <vector>
+
+#include "backend/cuda/cuda_context.h"
+#include "kernels/cuda/elementwise.cuh"
+
+namespace hwaga::cuda {
+namespace {
+
+constexpr size_t kLtWorkspace = size_t(32) << 20;
+
+cudaDataType_t cuda_type(DType t) {
+  switch (t) {
+    case DType::F32: return CUDA_R_32F;
+    case DType::BF16: return CUDA_R_16BF;
+    case DType::F16: return CUDA_R_16F;
+    default: fail("cuBLASLt: unsupported dtype ", dtype_name(t));
+  }
+}
+
+// RAII holders for the cuBLASLt descriptors of one call.
+struct LtCall {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  ~LtCall() {
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+// Column-major D[m,n] = op(A)[m,k] . B[k,n]; A stored k x m (lda) when transa, else m x k.
+void lt_matmul(Context& ctx, bool transa, int64_t m, int64_t n, int64_t k, const void* A, cudaDataType_t at,
+               int64_t lda, const void* B, cudaDataType_t bt, int64_t ldb, void* D, cudaDataType_t dt,
+               int64_t ldd) {
+  LtCall call;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&call.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = CUBLAS_OP_N;
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&call.a, at, uint64_t(transa ? k : m), uint64_t(transa ? m : k), lda));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&call.b, bt, uint64_t(k), uint64_t(n), ldb));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&call.c, dt, uint64_t(m), uint64_t(n), ldd));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&call.pref));
+  size_t ws = kLtWorkspace;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                    sizeof ws));
+  cublasLtMatmulHeuristicResult_t heur[4] = {};
+  int found = 0;
+  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.lt, call.op, call.a, call.b, call.c, call.c, call.pref, 4,
+                                              heur, &found));
+  if (found == 0)
+    fail("cuBLASLt: no algorithm for a ", m, "x", n, "x", k, " product (types ", int(at), "/", int(bt), "/",
+         int(dt), ") [", __FILE__, ":", __LINE__, "]");
+  std::shared_ptr<void> workspace = ctx.scratch(ws);
+  float alpha = 1.0f, beta = 0.0f;
+  CUBLAS_CHECK(cublasLtMatmul(ctx.lt, call.op, &alpha, A, call.a, B, call.b, &beta, D, call.c, D, call.c,
+                              &heur[0].algo, workspace.get(), ws, ctx.stream));
+}
+
+}  // namespace
+
+void linear_lt(Context& ctx, const float* x, const void* w, DType wtype, float* y, int64_t M, int64_t N,
+               int64_t K) {
+  if (M == 0 || N == 0) return;
+  // Row-major y[M,N] = x[M,K] w^T is column-major y^T[N,M] = (w stored K x N)^T . (x stored K x M).
+  if (wtype == DType::F32) {
+    lt_matmul(ctx, true, N, M, K, w, CUDA_R_32F, K, x, CUDA_R_32F, K, y, CUDA_R_32F, N);
+    return;
+  }
+  if (wtype != DType::BF16) fail("linear: weight dtype ", dtype_name(wtype), " not supported (f32 or bf16)");
+  std::shared_ptr<void> xb = ctx.scratch(size_t(M * K) * 2);
+  f32_to_bf16(x, static_cast<uint16_t*>(xb.get()), M * K, ctx.stream);
+  lt_matmul(ctx, true, N, M, K, w, CUDA_R_16BF, K, xb.get(), CUDA_R_16BF, K, y, CUDA_R_32F, N);
+}
+
+void square_matmul_lt(Context& ctx, const void* a, const void* b, void* d, DType dtype, int n) {
+  cudaDataType_t t = cuda_type(dtype);
+  lt_matmul(ctx, false, n, n, n, a, t, n, b, t, n, d, t, n);
+}
+
+}  // namespace hwaga::cuda
