@@ -3,7 +3,7 @@
 // GroupNorm: NCHW keeps the channels of one group next to each other, so the (b, g) slice is one
 // contiguous run of (C/G)*HW values. Each run is read twice: once for the statistics (sums of
 // x - x0, shifted by the run's first value to avoid cancellation, in f32 lanes over short blocks
-// and double across blocks), once to write y = x*scale_c + shift_c (with SiLU fused).
+// and double across blocks), once to write y = (x - x0)*scale_c + shift_c (with SiLU fused).
 #include "kernels/cpu/norm.h"
 
 #include <algorithm>
@@ -50,20 +50,22 @@ void shifted_moments(const float* x, int64_t n, float shift, double* sum, double
   *sumsq = q;
 }
 
-// y = x*a + c over n values, then SiLU when asked.
-void scale_shift(const float* x, float* y, int64_t n, float a, float c, bool silu) {
+// y = (x - m)*a + c over n values, then SiLU when asked. m is the run's first value (exact in
+// f32); folding a large mean into c instead would cancel badly when |mean| >> std.
+void scale_shift(const float* x, float* y, int64_t n, float m, float a, float c, bool silu) {
   int64_t i = 0;
 #ifdef HWAGA_VEC_AVX2
-  __m256 va = _mm256_set1_ps(a), vc = _mm256_set1_ps(c);
+  __m256 vm = _mm256_set1_ps(m), va = _mm256_set1_ps(a), vc = _mm256_set1_ps(c);
   if (silu) {
     for (; i + 8 <= n; i += 8)
-      _mm256_storeu_ps(y + i, silu_avx2(_mm256_fmadd_ps(_mm256_loadu_ps(x + i), va, vc)));
+      _mm256_storeu_ps(y + i, silu_avx2(_mm256_fmadd_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), va, vc)));
   } else {
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(_mm256_loadu_ps(x + i), va, vc));
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(y + i, _mm256_fmadd_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), va, vc));
   }
 #endif
   for (; i < n; ++i) {
-    float v = x[i] * a + c;
+    float v = (x[i] - m) * a + c;
     y[i] = silu ? silu_scalar(v) : v;
   }
 }
@@ -85,13 +87,12 @@ void group_norm_forward(const float* x, const float* gamma, const float* beta, f
       shifted_moments(xs, run, x0, &s, &q);
       const double mean_d = s / double(run);  // mean of (x - x0)
       const double var = std::max(0.0, q / double(run) - mean_d * mean_d);
-      const double mean = mean_d + x0;
       const double rstd = 1.0 / std::sqrt(var + double(eps));
       for (int64_t c = 0; c < cpg; ++c) {
         const int64_t ch = g * cpg + c;
+        // (x - x0) is exact for x near x0, and mean - x0 is small, so nothing large cancels.
         const double a = rstd * gamma[ch];
-        const double sh = beta[ch] - mean * a;
-        scale_shift(xs + c * HW, ys + c * HW, HW, float(a), float(sh), silu);
+        scale_shift(xs + c * HW, ys + c * HW, HW, x0, float(a), float(beta[ch] - mean_d * a), silu);
       }
     }
   });
@@ -108,9 +109,9 @@ void layer_norm_forward(const float* x, const float* gamma, const float* beta, f
       shifted_moments(xr, C, xr[0], &s, &q);
       const double mean_d = s / double(C);
       const double var = std::max(0.0, q / double(C) - mean_d * mean_d);
-      const float mean = float(mean_d + xr[0]);
+      const float x0 = xr[0], md = float(mean_d);  // mean = x0 + md, kept apart (see scale_shift)
       const float rstd = float(1.0 / std::sqrt(var + double(eps)));
-      for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - mean) * rstd * gamma[c] + beta[c];
+      for (int64_t c = 0; c < C; ++c) yr[c] = ((xr[c] - x0) - md) * rstd * gamma[c] + beta[c];
     }
   });
 }
