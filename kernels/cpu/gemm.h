@@ -1,7 +1,12 @@
 // Single-precision matrix multiply on the CPU, row-major:
 //   C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C
 // op(X) = X or X^T (trans_a / trans_b). lda/ldb/ldc are row strides in elements.
-// Multi-threaded over hwaga's thread pool (core/threads.h).
+// Multi-threaded over hwaga's thread pool (core/threads.h): C is split into num_threads()
+// blocks, each computed single-threaded. beta == 0 means C is not read (BLAS convention).
+// Numerics are strict f32 (f32 products, f32 accumulation; no bf16/tf32 down-conversion).
+//
+// Backend: oneDNN's JIT sgemm (it picks avx512/avx2 code at run time) when the build found
+// oneDNN (HWAGA_HAVE_DNNL), else sgemm_portable below. Bad arguments throw hwaga::Error.
 #pragma once
 #include <cstdint>
 
@@ -12,5 +17,10 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
 
 // Which implementation runs (printed by benchmarks), e.g. "oneDNN 2.6 (avx512_core)".
 const char* sgemm_kernel_name();
+
+// hwaga's own packed 6x16 kernel, single-threaded, same contract as sgemm (no argument checks).
+// The fallback without oneDNN; exposed so tests can check it on machines that have oneDNN.
+void sgemm_portable(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                    int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 }  // namespace hwaga::cpu
