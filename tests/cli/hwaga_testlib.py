@@ -168,7 +168,9 @@ def to_pixels(x):
 def main():
     """unittest.main with a closing "N passed, M failed" line and a real exit status."""
     loader = unittest.TestLoader()
-    suite = loader.loadTestsFromModule(sys.modules["__main__"])
+    module = sys.modules["__main__"]
+    names = [a for a in sys.argv[1:] if not a.startswith("-")]  # optional: Class or Class.test_x
+    suite = loader.loadTestsFromNames(names, module) if names else loader.loadTestsFromModule(module)
     t0 = time.time()
     result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(suite)
     failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
