@@ -30,7 +30,9 @@ def run(args, timeout=900, env=None, check=False):
     if env:
         e.update(env)
     p = subprocess.run([str(a) for a in args], capture_output=True, encoding="utf-8", errors="backslashreplace", timeout=timeout, env=e)
-    if p.returncode < 0 or p.returncode in (134, 136, 139):
+    sanitizer = any(s in p.stderr for s in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"))
+    # 86: the exit code tools/test.sh gives sanitizer reports; 134/136/139: abort, FPE, segfault
+    if p.returncode < 0 or p.returncode in (86, 134, 136, 139) or sanitizer:
         raise AssertionError("crashed (rc %d): %s\nstdout:\n%s\nstderr:\n%s" % (p.returncode, " ".join(map(str, args)), p.stdout, p.stderr))
     if check and p.returncode != 0:
         raise AssertionError("failed (rc %d): %s\nstdout:\n%s\nstderr:\n%s" % (p.returncode, " ".join(map(str, args)), p.stdout, p.stderr))
