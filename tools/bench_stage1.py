@@ -6,7 +6,7 @@ converts it, then times encode and decode of one 256x256 picture and of a batch 
 with the same thread count on both sides (hwaga --threads N; torch.set_num_threads(N)).
 
 Timed: the compute only, best of --repeats runs. For hwaga that is the "s/picture" the command
-prints (from the first picture in to the last code out; model loading excluded); for PyTorch the
+prints (reading the pictures, a few ms, to the last code out; model loading excluded); for PyTorch the
 module call under torch.no_grad() in one process after a warm-up call. The wall time of each
 whole hwaga command (start-up, mapping the model file, the PNG/npy I/O) is shown too.
 

@@ -1,8 +1,8 @@
 // hwaga encode -m MODEL IMAGE... -o codes.npy [--batch B]
 //
-// Pictures -> code stacks with the model's stage-1 tokenizer. Every picture is read and prepared
-// first (so a bad file fails before any work), then encoded in batches of B; the codes go to one
-// int32 .npy of shape [N,h,w,D] (RQ-VAE [N,8,8,4], VQGAN [N,16,16,1]), in the order given.
+// Pictures -> code stacks with the model's stage-1 tokenizer. Pictures are read and encoded in
+// batches of B; the codes go to one int32 .npy of shape [N,h,w,D] (RQ-VAE [N,8,8,4], VQGAN
+// [N,16,16,1]), in the order given, written (atomically) only when every picture succeeded.
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -38,22 +38,22 @@ int run_encode(const EncodeOptions& opt) {
   const Shape cs = tok->code_shape();  // {h,w,D}
   const int64_t N = int64_t(opt.images.size());
 
-  // images [N,3,R,R] in [-1,1]
-  Tensor images = Tensor::empty({N, 3, R, R});
-  const size_t per_image = size_t(3) * R * R;
-  for (int64_t i = 0; i < N; ++i) {
-    Tensor im = load_image_for_model(opt.images[size_t(i)], R);  // [3,R,R]
-    im.expect(Shape{3, R, R}, opt.images[size_t(i)]);
-    std::memcpy(images.f32() + size_t(i) * per_image, im.f32(), per_image * sizeof(float));
-  }
-
-  // codes [N,h,w,D] int32
+  // codes [N,h,w,D] int32, filled batch by batch; pictures are read per batch so memory stays
+  // bounded by --batch. Nothing is written unless every picture was read and encoded.
   Tensor codes = Tensor::empty({N, cs[0], cs[1], cs[2]}, DType::I32);
   const size_t per_code = size_t(shape_numel(cs));
+  const size_t per_image = size_t(3) * R * R;
   auto t0 = std::chrono::steady_clock::now();
   for (int64_t b0 = 0; b0 < N; b0 += opt.batch) {
     int64_t b1 = std::min<int64_t>(N, b0 + opt.batch);
-    Tensor c = tok->encode(images.slice0(b0, b1));  // [b,h,w,D]
+    Tensor images = Tensor::empty({b1 - b0, 3, R, R});  // [b,3,R,R] in [-1,1]
+    for (int64_t i = b0; i < b1; ++i) {
+      const std::string& path = opt.images[size_t(i)];
+      Tensor im = load_image_for_model(path, R);  // [3,R,R]
+      im.expect(Shape{3, R, R}, path);
+      std::memcpy(images.f32() + size_t(i - b0) * per_image, im.f32(), per_image * sizeof(float));
+    }
+    Tensor c = tok->encode(images);  // [b,h,w,D]
     c.expect(Shape{b1 - b0, cs[0], cs[1], cs[2]}, "encoder output");
     c.expect(DType::I32, "encoder output");
     std::memcpy(codes.ptr<int32_t>() + size_t(b0) * per_code, c.ptr<int32_t>(), c.nbytes());
