@@ -285,6 +285,23 @@ TEST_P(CpuOps, UploadConvertsHalfTypes) {
   EXPECT_EQ(0, std::memcmp(back.data(), u.data(), u.nbytes()));
 }
 
+TEST_P(CpuOps, ActivationsOutliveBackendAndReusedBlocksAreRewritten) {
+  // Outputs of 64 KiB and more come from the backend's block cache: a tensor must stay valid
+  // after the backend is gone, and a recycled block must be fully overwritten.
+  Tensor a = randn({4, 64, 32, 32}, 27), b = randn({4, 64, 32, 32}, 28);
+  Tensor kept;
+  {
+    auto be2 = make_cpu_backend();
+    for (int i = 0; i < 3; ++i) {
+      Tensor s = be2->add(a, i % 2 ? b : a);  // the block of the previous iteration is reused
+      for (int64_t j = 0; j < s.numel(); j += 97)
+        ASSERT_EQ(s.f32()[j], a.f32()[j] + (i % 2 ? b : a).f32()[j]);
+    }
+    kept = be2->add(a, b);
+  }
+  for (int64_t j = 0; j < kept.numel(); ++j) ASSERT_EQ(kept.f32()[j], a.f32()[j] + b.f32()[j]);
+}
+
 INSTANTIATE_TEST_SUITE_P(Threads, CpuOps, ::testing::Values(1, 2));
 
 }  // namespace
