@@ -6,9 +6,12 @@
 //   "tokenizer" = JSON text, text models only (see src/text/)
 // Tensors are named "stage1.<released key>" and "stage2.<released key>". See docs/MODEL_FORMAT.md.
 #pragma once
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "core/tensor_map.h"
 
@@ -34,7 +37,24 @@ SafetensorsFile read_safetensors(const std::string& path);
 void write_safetensors(const std::string& path, const TensorMap& tensors,
                        const std::map<std::string, std::string>& metadata);
 
-// read_safetensors + checks that format/version name a hwaga model file of a known version.
+// read_safetensors + checks that format/version name a hwaga model file of a known version,
+// and that "config" is a JSON object.
 SafetensorsFile read_model_file(const std::string& path);
+
+// ---- lower-level entry points (tests, fuzzing, other containers) ----
+
+// Parses a whole safetensors file already in memory. `data` must stay valid while `keepalive`
+// lives; the tensors are views into `data` holding `keepalive` (tensors whose offset is not a
+// multiple of their element size are copied into aligned memory instead). `path` names the
+// source in errors.
+SafetensorsFile parse_safetensors(const uint8_t* data, size_t size, std::shared_ptr<void> keepalive,
+                                  const std::string& path);
+// The model-file checks of read_model_file on an already parsed file.
+void check_model_metadata(const SafetensorsFile& file);
+// metadata["config"] parsed (a JSON object); errors name the file.
+nlohmann::json model_config(const SafetensorsFile& file);
+
+// Limits applied to hostile files.
+inline constexpr uint64_t kSafetensorsMaxHeader = 100ull << 20;  // 100 MB of JSON
 
 }  // namespace hwaga
