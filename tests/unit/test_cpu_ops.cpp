@@ -13,6 +13,7 @@
 
 #include "backend/backend.h"
 #include "core/threads.h"
+#include "kernels/cpu/norm.h"
 
 using namespace hwaga;
 
@@ -103,6 +104,29 @@ TEST_P(CpuOps, SiluExtremes) {
   for (int i = 0; i < 32; ++i) g.f32()[i] = 1.0f;
   Tensor y = be->group_norm(x, g, b, 32, 0.0f, true);
   expect_close(y, group_norm_ref(x, g, b, 32, 0.0, true), 2e-6, 2e-6, "silu range");
+}
+
+TEST_P(CpuOps, LayerNormKernel) {
+  // Not a backend op yet (the transformers will add it); the kernel is checked here, including
+  // a row with a large common offset.
+  const int64_t N = 5, C = 77;
+  Tensor x = randn({N, C}, 29), g = randn({C}, 30), b = randn({C}, 31);
+  for (int64_t c = 0; c < C; ++c) x.f32()[4 * C + c] = 500.0f + 0.01f * x.f32()[4 * C + c];
+  Tensor y = Tensor::empty({N, C});
+  cpu::layer_norm_forward(x.f32(), g.f32(), b.f32(), y.f32(), N, C, 1e-5f);
+  std::vector<double> want;
+  for (int64_t n = 0; n < N; ++n) {
+    double mean = 0, var = 0;
+    for (int64_t c = 0; c < C; ++c) mean += x.f32()[n * C + c];
+    mean /= C;
+    for (int64_t c = 0; c < C; ++c) var += (x.f32()[n * C + c] - mean) * (x.f32()[n * C + c] - mean);
+    var /= C;
+    for (int64_t c = 0; c < C; ++c)
+      want.push_back((x.f32()[n * C + c] - mean) / std::sqrt(var + 1e-5) * g.f32()[c] + b.f32()[c]);
+  }
+  // Row 4's inputs are f32-rounded at 3e-5 steps around 500 (0.3% of its spread); both sides
+  // see the same rounded inputs, so 1e-4 still catches a cancelling formula (errors ~1e-1).
+  expect_close(y, want, 1e-4, 1e-5, "layer_norm");
 }
 
 TEST_P(CpuOps, UpsampleAddLayoutExact) {
