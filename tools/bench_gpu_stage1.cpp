@@ -148,9 +148,10 @@ void bench_model(const std::string& model, const std::vector<int>& batches, cons
           char line[512];
           std::snprintf(line, sizeof line,
                         "impl=hwaga model=%s op=%s dtype=%s batch=%d ms=%.3f ms_per_pic=%.4f pics_per_s=%.1f "
-                        "conv_gflop_per_pic=%.2f tflops=%.2f peak_mib=%.0f first_ms=%.1f",
+                        "conv_gflop_per_pic=%.2f tflops=%.2f peak_mib=%.0f first_ms=%.1f conv_fallbacks=%d",
                         model.c_str(), op, dt.c_str(), B, ms, ms / B, 1000.0 * B / ms, flops / B / 1e9,
-                        flops / (ms * 1e-3) / 1e12, double(st.peak_in_use_bytes) / (1 << 20), first_ms);
+                        flops / (ms * 1e-3) / 1e12, double(st.peak_in_use_bytes) / (1 << 20), first_ms,
+                        st.conv_fallbacks);
           result(line);
         } catch (const std::exception& e) {
           std::printf("# FAILED %s %s %s batch %d: %s\n", model.c_str(), op, dt.c_str(), B, e.what());

@@ -105,6 +105,7 @@ TEST(CudaOps, Conv2dF32) {
     Tensor got = gpu.download(gpu.conv2d(up(gpu, x), gpu.upload(w, DType::F32), c.bias ? up(gpu, b) : Tensor(), c.p));
     EXPECT_LE(rel_err(got, ref), kTolF32Gemm) << "x " << shape_str(c.x) << " cout " << c.cout << " k " << c.k;
   }
+  EXPECT_EQ(cuda_stats(gpu).conv_fallbacks, 0) << "cuDNN failed and the convs fell back to im2col: " << gpu.name();
 }
 
 TEST(CudaOps, Conv2dBf16Weights) {
@@ -121,6 +122,7 @@ TEST(CudaOps, Conv2dBf16Weights) {
     Tensor got = gpu.download(gpu.conv2d(up(gpu, x), wd, c.bias ? up(gpu, b) : Tensor(), c.p));
     EXPECT_LE(rel_err(got, ref), kTolBf16) << "x " << shape_str(c.x) << " cout " << c.cout << " k " << c.k;
   }
+  EXPECT_EQ(cuda_stats(gpu).conv_fallbacks, 0) << "cuDNN failed and the convs fell back to im2col: " << gpu.name();
 }
 
 TEST(CudaOps, Bf16ConvWeightsOption) {

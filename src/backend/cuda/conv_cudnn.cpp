@@ -1,5 +1,6 @@
 #include "backend/cuda/conv_cudnn.h"
 
+#include <cstdio>
 #include <vector>
 
 #include "kernels/cuda/elementwise.cuh"
@@ -70,7 +71,7 @@ Tensor Conv2d::forward(const Tensor& x, const Tensor& w, const Tensor& b, const 
   const float* bias = b.defined() ? b.ptr<float>() : nullptr;
 
 #ifdef HWAGA_HAVE_CUDNN
-  if (ctx_.dnn) {
+  if (ctx_.dnn && !cudnn_broken_) try {
     if (w.dtype() == DType::F32) {
       Key key{int(DType::F32), B, Cin, Hs, Ws, Cout, kh, kw, ph, pw, p.stride};
       run_cudnn(key, src.data(), w.data(), y.data());
@@ -88,6 +89,13 @@ Tensor Conv2d::forward(const Tensor& x, const Tensor& w, const Tensor& b, const 
     transpose_bf16_to_f32_bias(static_cast<const uint16_t*>(yh.get()), y.ptr<float>(), bias, B, Ho * Wo, Cout,
                                ctx_.stream);
     return y;
+  } catch (const Error& e) {
+    // One shot on a machine we cannot test on: rather than lose every conv net, fall back to
+    // the im2col path (correct, slower) and say so loudly, once.
+    std::fprintf(stderr, "hwaga: WARNING: cuDNN convolution failed, using im2col + cuBLAS from now on: %s\n",
+                 e.what());
+    cudnn_broken_ = true;
+    fallbacks++;
   }
 #endif
   run_im2col(src.ptr<float>(), w, y.ptr<float>(), B, Cin, Hs, Ws, Cout, kh, kw, ph, pw, p.stride, Ho, Wo);

@@ -19,7 +19,8 @@ class Conv2d {
   ~Conv2d();
   // x f32 [B,Cin,H,W], w f32|bf16 [Cout,Cin,kh,kw], b f32 [Cout] or undefined -> f32 [B,Cout,Ho,Wo]
   Tensor forward(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dParams& p);
-  double flops = 0;  // 2*MACs of every call, for the benchmark's TFLOP/s
+  double flops = 0;   // 2*MACs of every call, for the benchmark's TFLOP/s
+  int fallbacks = 0;  // times cuDNN failed and im2col took over (then for good)
 
  private:
   // (dtype, B, Cin, H, W, Cout, kh, kw, pad_h, pad_w, stride) of a padded-symmetric conv
@@ -36,6 +37,7 @@ class Conv2d {
 
   Context& ctx_;
   bool find_;
+  bool cudnn_broken_ = false;
   std::map<Key, Choice> algos_;
   struct Krsc {
     Tensor src, krsc;

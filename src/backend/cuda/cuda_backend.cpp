@@ -66,6 +66,7 @@ class CudaBackend final : public Backend {
   std::string name() const override {
     std::string s = "cuda (" + gpu_name_ + ", sm_" + std::to_string(sm_) + ", " + dnn_note_;
     if (opts_.bf16_conv_weights) s += ", bf16 conv weights";
+    if (conv_ && conv_->fallbacks) s += ", cuDNN FAILED: im2col convs";
     return s + ")";
   }
 
@@ -275,6 +276,7 @@ class CudaBackend final : public Backend {
     s.reserved_bytes = a.reserved;
     s.peak_reserved_bytes = a.peak_reserved;
     s.conv_flops = conv_->flops;
+    s.conv_fallbacks = conv_->fallbacks;
     s.device_name = gpu_name_;
     return s;
   }

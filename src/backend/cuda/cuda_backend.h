@@ -31,6 +31,7 @@ struct CudaStats {
   size_t reserved_bytes = 0;      // obtained from the driver (live + cached)
   size_t peak_reserved_bytes = 0;
   double conv_flops = 0;          // 2*MACs of every conv2d since the last reset
+  int conv_fallbacks = 0;         // cuDNN failures that switched convs to im2col + cuBLAS
   std::string device_name;
 };
 CudaStats cuda_stats(Backend& be);
