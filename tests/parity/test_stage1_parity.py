@@ -159,7 +159,7 @@ class ParityMixin:
         self.assertEqual(hw.shape, (len(c.pictures),) + c.code_shape)
         self.assertEqual(tuple(ref.shape), hw.shape, "reference codes have another shape")
         margins = code_margins(ze, c.codebook(), c.K, ref)
-        print("  %s codes: smallest relative margin between best and second-best code %.3g (float32 eps 6e-8)" % (
+        print("  %s codes: smallest relative margin between best and second-best code %.3g" % (
             c.kind, margins.min()))
         diff = np.argwhere(ref.astype(np.int64) != hw.astype(np.int64))
         if len(diff):
