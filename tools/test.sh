@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libpng-dev libstb-dev libcli11-dev nlohmann-json3-dev libyaml-cpp-dev libarchive-dev
-  libsentencepiece-dev libicu-dev libzip-dev libdnnl-dev libblis-dev libopenblas-dev
+  libsentencepiece-dev libicu-dev libzip-dev libdnnl-dev libjpeg-dev
   libgtest-dev libbenchmark-dev
   python3-torch python3-numpy python3-yaml
 )
