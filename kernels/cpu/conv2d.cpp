@@ -3,7 +3,7 @@
 //
 // Threading: every path splits the output into slabs of rows (per image) and hands slabs to
 // hwaga::parallel_for; each slab is computed single-threaded (see gemm_dnnl.h for why oneDNN
-// never runs its own OpenMP team).
+// does not run its own OpenMP team; the one exception is the one-time weight packing).
 #include "kernels/cpu/conv2d.h"
 
 #include <algorithm>
@@ -114,6 +114,21 @@ void im2col_forward(const Conv2dShape& s, const float* x, const float* w, const 
 
 enum class Path { pointwise, direct, im2col };
 
+// Where ConvAlgo::automatic takes Winograd F(4x4,3x3) (oneDNN jit_wino_4x3, per slab like the
+// direct path). Measured on 2 threads, avx512_core (Xeon, quiet machine), ms per call, direct /
+// Winograd / one-time Winograd weight transform (oneDNN's reorder on 1 thread; on 2, about half):
+//   128@256  54 / 27 / 7     128@128  13 / 6.6 / 6   256->128@128  27 / 13.5 / 13
+//   256@128  54 / 20 / 24    256@64   12 / 4.9 / 22  256@32  3.0 / 1.4 / 20
+//   512@32   12 / 5.2 / 93   512@16  3.0 / 2.5 / 93  512@8   0.9 / 1.8 / 96
+// Winograd is 2-2.5x faster from 32x32 up, but its weight transform is paid by the first call,
+// i.e. by a one-picture decode. From 128x128 up it pays for itself within that first call; at
+// 64x64 it about breaks even there (whole RQ-VAE decode, first call +15 ms, later ones -40 ms);
+// below, the gain per call is under a sixth of the transform, so those stay direct.
+bool winograd_pays(const Conv2dShape& s) {
+  if (s.kh != 3 || s.kw != 3 || s.stride != 1) return false;
+  return s.Cin >= 64 && s.Cout >= 64 && s.Cin <= 512 && s.Cout <= 512 && s.Ho() * s.Wo() >= 64 * 64;
+}
+
 Path choose_path(const Conv2dShape& s) {
 #ifdef HWAGA_HAVE_DNNL
   // Measured: with 3 input channels oneDNN's direct kernel loses to im2col + sgemm (the
@@ -133,17 +148,25 @@ struct PackedConv2d::Impl {
   std::vector<float> w_own, bias_own;   // empty when borrowing (conv2d_forward)
   const float* w = nullptr;
   const float* bias = nullptr;
+  ConvAlgo algo = ConvAlgo::direct;
   std::mutex mu;
-  // Direct-path plans by (B, H, W, threads); nullptr when oneDNN could not plan that size.
+  // oneDNN plans by (B, H, W, threads); nullptr when oneDNN could not plan that size.
   std::map<std::tuple<int64_t, int64_t, int64_t, int>, std::shared_ptr<DnnlConvPlan>> plans;
-  std::shared_ptr<DnnlWeights> packed;  // oneDNN's layout of w, shared by the plans
+  // oneDNN's layouts of w, shared by the plans of each algorithm
+  std::shared_ptr<DnnlWeights> packed_direct, packed_winograd;
+
+  bool use_winograd(const Conv2dShape& x) const {
+    return algo == ConvAlgo::winograd || (algo == ConvAlgo::automatic && winograd_pays(x));
+  }
 
   std::shared_ptr<DnnlConvPlan> plan_for(const Conv2dShape& x) {
     std::lock_guard<std::mutex> lk(mu);
     auto key = std::make_tuple(x.B, x.H, x.W, num_threads());
     auto it = plans.find(key);
     if (it != plans.end()) return it->second;
-    std::shared_ptr<DnnlConvPlan> plan = dnnl_conv_plan(x, w, bias, packed);
+    std::shared_ptr<DnnlConvPlan> plan;
+    if (use_winograd(x)) plan = dnnl_conv_plan(x, w, bias, packed_winograd, true);
+    if (!plan) plan = dnnl_conv_plan(x, w, bias, packed_direct, false);
     plans.emplace(key, plan);
     return plan;
   }
@@ -170,15 +193,22 @@ struct PackedConv2d::Impl {
   }
 };
 
-PackedConv2d::PackedConv2d(const Conv2dShape& s, const float* w, const float* bias) : impl_(std::make_unique<Impl>()) {
+PackedConv2d::PackedConv2d(const Conv2dShape& s, const float* w, const float* bias, ConvAlgo algo, bool borrow)
+    : impl_(std::make_unique<Impl>()) {
   check_shape(s);
   if (!w) fail("PackedConv2d: null weight pointer");
   impl_->s = s;
-  impl_->w_own.assign(w, w + s.Cout * s.Cin * s.kh * s.kw);
-  impl_->w = impl_->w_own.data();
-  if (bias) {
-    impl_->bias_own.assign(bias, bias + s.Cout);
-    impl_->bias = impl_->bias_own.data();
+  impl_->algo = algo;
+  if (borrow) {
+    impl_->w = w;
+    impl_->bias = bias;
+  } else {
+    impl_->w_own.assign(w, w + s.Cout * s.Cin * s.kh * s.kw);
+    impl_->w = impl_->w_own.data();
+    if (bias) {
+      impl_->bias_own.assign(bias, bias + s.Cout);
+      impl_->bias = impl_->bias_own.data();
+    }
   }
   if (choose_path(s) == Path::direct) impl_->plan_for(s);  // pack the weights now
 }

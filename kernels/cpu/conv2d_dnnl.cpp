@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstdlib>  // aligned_alloc
+#include <omp.h>
+
 #include <map>
 #include <optional>
 #include <tuple>
@@ -69,30 +71,36 @@ struct DnnlConvPlan {
   std::vector<SlabKind> kinds;
   std::shared_ptr<DnnlWeights> weights;
   const float* bias = nullptr;
+  bool winograd = false;
 };
 
 namespace {
 
-// Output rows per slab: the larger of the slab's input and output near 512 KB (measured best
-// on 2 MB L2), at least one slab per thread.
-int64_t slab_rows(const Conv2dShape& s) {
+// Output rows per slab: the larger of the slab's input and output near a target size, at least
+// one slab per thread. Direct: 512 KB (measured best on 2 MB L2; tried 512 KB, 2 MB, whole image).
+// Winograd: 2 MB (tried 512 KB to 8 MB: CPU time within noise, 2 MB never worse), and a
+// multiple of 4 rows (F(4x4,3x3) output tiles are 4 rows high).
+int64_t slab_rows(const Conv2dShape& s, bool winograd) {
   const int64_t Ho = s.Ho(), Wo = s.Wo();
   const double row_bytes = 4.0 * std::max(double(s.Cin) * s.W * s.stride, double(s.Cout) * Wo);
-  const int64_t target = 512 << 10;  // tried 512 KB, 2 MB, whole image: 512 KB best or tied
+  const int64_t target = int64_t(winograd ? 2048 : 512) << 10;
   int64_t R = std::max<int64_t>(1, int64_t(double(target) / row_bytes));
   const int64_t per_image = (num_threads() + s.B - 1) / s.B;
-  return std::min(R, (Ho + per_image - 1) / per_image);
+  R = std::min(R, (Ho + per_image - 1) / per_image);
+  if (winograd) R = std::max<int64_t>(4, (R + 3) / 4 * 4);
+  return std::min(R, Ho);
 }
 
 std::optional<SlabKind> make_kind(const Conv2dShape& s, int64_t out_rows, int pt, int pb, int64_t in_rows,
-                                  const memory::desc& wmd, bool with_bias) {
+                                  const memory::desc& wmd, bool with_bias, bool winograd) {
   try {
     auto& eng = dnnl_rt::engine();
     const int64_t Wo = s.Wo();
     memory::dims src_d = {1, s.Cin, in_rows, s.W}, dst_d = {1, s.Cout, out_rows, Wo};
     memory::dims w_d = {s.Cout, s.Cin, s.kh, s.kw}, b_d = {s.Cout};
     auto cd = dnnl::convolution_forward::desc(
-        dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, memory::desc(src_d, dt::f32, tag::any),
+        dnnl::prop_kind::forward_inference, winograd ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct,
+        memory::desc(src_d, dt::f32, tag::any),
         wmd, with_bias ? memory::desc(b_d, dt::f32, tag::x) : memory::desc(),
         memory::desc(dst_d, dt::f32, tag::any), {s.stride, s.stride}, {pt, s.pad_left}, {pb, s.pad_right});
     dnnl::convolution_forward::primitive_desc pd(cd, strict_attr(), eng);
@@ -127,12 +135,13 @@ void input_window(const Conv2dShape& s, int64_t o0, int64_t o1, int64_t& lo, int
 }  // namespace
 
 std::shared_ptr<DnnlConvPlan> dnnl_conv_plan(const Conv2dShape& s, const float* w, const float* bias,
-                                             std::shared_ptr<DnnlWeights>& packed) {
+                                             std::shared_ptr<DnnlWeights>& packed, bool winograd) {
   auto plan = std::make_shared<DnnlConvPlan>();
   plan->s = s;
   plan->bias = bias;
   const int64_t Ho = s.Ho();
-  plan->R = slab_rows(s);
+  plan->R = slab_rows(s, winograd);
+  plan->winograd = winograd;
   plan->nslab = (Ho + plan->R - 1) / plan->R;
 
   // Distinct slab shapes: (rows, effective top pad, effective bottom pad) -> kind index.
@@ -152,7 +161,7 @@ std::shared_ptr<DnnlConvPlan> dnnl_conv_plan(const Conv2dShape& s, const float* 
       auto key = std::make_tuple(o1 - o0, pt, pb);
       auto it = index.find(key);
       if (it == index.end()) {
-        auto k = make_kind(s, o1 - o0, pt, pb, in_rows, wmd, bias != nullptr);
+        auto k = make_kind(s, o1 - o0, pt, pb, in_rows, wmd, bias != nullptr, winograd);
         if (!k) {
           ok = false;
           break;
@@ -175,9 +184,15 @@ std::shared_ptr<DnnlConvPlan> dnnl_conv_plan(const Conv2dShape& s, const float* 
     nw->md = wmd;
     nw->mem = memory(wmd, eng);
     memory src(memory::desc({s.Cout, s.Cin, s.kh, s.kw}, dt::f32, tag::oihw), eng, const_cast<float*>(w));
-    dnnl_rt::single_thread_here();
+    // Packing runs once per layer, in the first call: the Winograd transform is slow (~100 ms for
+    // 512x512 on one thread) and the blocked copy of a 512-channel layer takes ~4.5 ms (mostly
+    // first touches of the mapped model file). Here, unlike in the per-call paths (see
+    // gemm_dnnl.h), oneDNN runs on an OpenMP team as wide as hwaga's pool: measured 1.7-2x
+    // faster packing, and the team's idle spin afterwards (~1 ms) is paid once per layer.
+    omp_set_num_threads(num_threads());
     dnnl::reorder(src, nw->mem).execute(dnnl_rt::stream(), src, nw->mem);
     dnnl_rt::stream().wait();
+    dnnl_rt::single_thread_here();
     packed = nw;
   }
   plan->weights = packed;

@@ -17,15 +17,17 @@ struct DnnlWeights;   // weights in oneDNN's preferred layout
 struct DnnlConvPlan;  // everything needed to run one input size
 
 #ifdef HWAGA_HAVE_DNNL
-// nullptr when oneDNN has no implementation for this shape (the caller falls back to im2col).
-// Reuses *packed when its layout fits, else (re)packs w into it. w and bias must outlive the plan.
+// nullptr when oneDNN has no implementation for this shape (the caller falls back to another
+// path). winograd: algorithm::convolution_winograd (F(4x4,3x3) or F(2x2,3x3) on avx512) instead
+// of the direct convolution. Reuses *packed when its layout fits, else (re)packs w into it.
+// w and bias must outlive the plan.
 std::shared_ptr<DnnlConvPlan> dnnl_conv_plan(const Conv2dShape& s, const float* w, const float* bias,
-                                             std::shared_ptr<DnnlWeights>& packed);
+                                             std::shared_ptr<DnnlWeights>& packed, bool winograd);
 void dnnl_conv_run(const DnnlConvPlan& plan, const float* x, float* y);
 std::string dnnl_conv_name(const DnnlConvPlan& plan);
 #else
 inline std::shared_ptr<DnnlConvPlan> dnnl_conv_plan(const Conv2dShape&, const float*, const float*,
-                                                    std::shared_ptr<DnnlWeights>&) {
+                                                    std::shared_ptr<DnnlWeights>&, bool) {
   return nullptr;
 }
 inline void dnnl_conv_run(const DnnlConvPlan&, const float*, float*) {}

@@ -5,7 +5,8 @@
 // hwaga's own pool on a 2-core machine (measured: a 0.9 ms sgemm followed by a 9 ms
 // parallel_for took 13 ms instead of 9.7). Instead every oneDNN call runs single-threaded
 // on a hwaga pool thread, and the work is split over hwaga::parallel_for, so the thread
-// count is exactly hwaga::num_threads().
+// count is exactly hwaga::num_threads(). Exception: a conv layer's one-time weight packing
+// (conv2d_dnnl.cpp) runs on an OpenMP team, where the later spin costs far less than it saves.
 #pragma once
 #ifdef HWAGA_HAVE_DNNL
 #include <oneapi/dnnl/dnnl.hpp>

@@ -5,12 +5,14 @@
 // E code vector dim, D code depth):
 //   * Activations are f32, contiguous, NCHW for the conv nets.
 //   * Weights are tensors already on the backend's device (see upload()); the CPU backend
-//     takes f32 weights, the CUDA backend may hold bf16/f16 weights and accumulates in f32.
+//     takes f32 weights, except linear()/embedding(), which also read the bf16/f16 matrices
+//     upload_weight() keeps; the CUDA backend may hold bf16/f16 weights and accumulates in f32.
 //   * Every op returns a new tensor on the backend's device; inputs are never modified.
 //   * Backward passes (training) will be added as separate methods next to their forward.
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -20,6 +22,9 @@ struct Conv2dParams {
   int stride = 1;
   // Zero padding per side. The taming Downsample uses {top 0, left 0, bottom 1, right 1}.
   int pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+  // The layer tolerates a fast algorithm with a few times the f32 rounding error of a direct
+  // sum (Winograd): set on decoder convs, never on encoder ones, whose output feeds an argmin.
+  bool allow_winograd = false;
   static Conv2dParams same(int pad) { return {1, pad, pad, pad, pad}; }
 };
 
@@ -62,8 +67,52 @@ class Backend {
   virtual Tensor embed_sum(const Tensor& codes, const Tensor& codebook) = 0;
 
   // ---- dense layers (transformers; more ops arrive with them) ----
-  // x [N,in] (any leading dims flattened), w [out,in], b [out] or undefined -> [N,out]
+  // x [N,in] (any leading dims flattened), w [out,in], b [out] or undefined -> [N,out].
+  // w may be bf16/f16 when it came from upload_weight() (products and sums stay f32).
   virtual Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) = 0;
+
+  // ---- transformers (RQ-Transformer, minDALL-E GPT; kernels/cpu/transformer_ops.h) ----
+  // Backends that do not implement an op yet inherit a default that throws
+  // hwaga::Error("<op> is not implemented on <name()>") (src/backend/backend.cpp).
+  //
+  // Moves a weight matrix / embedding table to this backend, keeping a float dtype its linear()
+  // and embedding() read directly: the CPU keeps f32/bf16/f16 as they are (an aligned view into
+  // the mapped model file stays a view, so a 3.9B bf16 model needs ~7.8 GB, not 15.6 GB).
+  // Default: upload(host, host.dtype()).
+  virtual Tensor upload_weight(const Tensor& host);
+  // LayerNorm over the last dim: x [N,C] (any leading dims), gamma/beta [C] f32 -> same shape.
+  virtual Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps);
+  // Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), elementwise.
+  virtual Tensor gelu(const Tensor& x);
+  // Rows of a table: table [V,C] (f32/bf16/f16, e.g. an embedding or any f32 activation viewed
+  // as rows), ids int32 [N] (host or device; each in [0,V), checked) -> f32 [N,C].
+  virtual Tensor embedding(const Tensor& table, const Tensor& ids);
+  // x [N,C] (any leading dims, flattened to rows) + rows [R,C] broadcast: out[n] = x[n] + rows[n % R]
+  // (N % R == 0). R = 1 adds a bias row; R = T adds positions to [B,T,C].
+  virtual Tensor add_rows(const Tensor& x, const Tensor& rows);
+  // Concatenation along dimension 0 of tensors with equal trailing dims -> f32.
+  virtual Tensor concat(const std::vector<Tensor>& parts);
+
+  // Key/value cache of one attention layer: k, v f32 [B, n_head, T_max, hd] on this backend;
+  // positions [0, len) hold the keys/values of the tokens seen so far.
+  struct KvCache {
+    Tensor k, v;
+    int64_t len = 0;
+    int64_t capacity() const { return k.defined() ? k.dim(2) : 0; }
+  };
+  virtual KvCache kv_cache_new(int64_t B, int64_t n_head, int64_t T_max, int64_t head_dim);
+  // dst.k[b] = src.k[rows[b]] (and v) for the first src.len positions; dst.len = src.len.
+  // rows int32 (host), one per dst row. Replicates a prompt's prefix for N candidates
+  // (rows = {0,...,0}) or for conditional + unconditional rows (CFG).
+  virtual void kv_cache_gather(KvCache& dst, const KvCache& src, const std::vector<int32_t>& rows);
+  // Causal multi-head self-attention over the cache. q, k, v [B,T,C] (C = n_head * hd, heads
+  // are contiguous channel slices) are the new tokens; their k/v are appended at positions
+  // [len, len+T) (this op writes into the cache: the one exception to "inputs are never
+  // modified"), then for new token i (absolute position len+i):
+  //   out[b,i,h] = sum_{j <= len+i} softmax_j(q[b,i,h] . k_cache[b,h,j] / sqrt(hd)) v_cache[b,h,j]
+  // -> [B,T,C]; cache.len += T. T = the whole sequence with an empty cache is plain causal
+  // attention (teacher forcing); T = 1 is one sampling step.
+  virtual Tensor attention_step(const Tensor& q, const Tensor& k, const Tensor& v, KvCache& cache, int n_head);
 };
 
 // The CPU backend (always available).

@@ -121,6 +121,20 @@ void Decoder::load(WeightLoader& w, const TamingConfig& c) {
   }
   norm_out.load(w, "norm_out");
   conv_out.load(w, "conv_out", Conv2dParams::same(1));
+  // Decoder outputs are pictures: its 3x3 convs may run Winograd (see Conv2dParams).
+  auto fast = [](Conv2d& c) { c.p.allow_winograd = true; };
+  auto fast_block = [&](ResnetBlock& b) {
+    fast(b.conv1);
+    fast(b.conv2);
+  };
+  fast(conv_in);
+  fast_block(mid.block_1);
+  fast_block(mid.block_2);
+  for (DecoderLevel& lv : up) {
+    for (ResnetBlock& b : lv.block) fast_block(b);
+    if (lv.has_upsample) fast(lv.upsample.conv);
+  }
+  fast(conv_out);
 }
 
 void TamingAutoencoder::load(WeightLoader& w, const TamingConfig& cfg) {

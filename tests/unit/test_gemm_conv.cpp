@@ -10,8 +10,10 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "kernels/cpu/conv2d.h"
@@ -160,6 +162,35 @@ void conv_suite(Conv which) {
 
 }  // namespace
 
+// Winograd F(4x4,3x3) computes each output from a transformed 6x6 input tile and transformed
+// 6x6 weights; the transforms scale by constants up to ~5 and add up to 36 terms, so its f32
+// error is a bounded multiple of a direct sum's. Measured worst |err| / (K eps sum|x w|) on the
+// shapes below: Winograd 0.008-0.020, direct 0.004-0.007 (random data: errors are far below the
+// worst-case bound). We allow 0.25 for Winograd: 10x the measured worst, and still ~1e-4 of
+// the error one wrong, missing or doubled term would make (~|x w| ~ sum|x w| / K).
+constexpr double kWinogradRatio = 0.25;
+
+// Worst |y - y_ref| / (K eps sum|x w|) of a PackedConv2d with `algo`; *name = its kernel.
+double conv_error_ratio(const Conv2dShape& s, ConvAlgo algo, std::string* name) {
+  auto x = random_vec(size_t(s.B * s.Cin * s.H * s.W), 15), w = random_vec(size_t(s.Cout * s.Cin * s.kh * s.kw), 16),
+       bias = random_vec(size_t(s.Cout), 17);
+  std::vector<float> y(size_t(s.B * s.Cout * s.Ho() * s.Wo()), kNaN);  // every element must be written
+  PackedConv2d p(s, w.data(), bias.data(), algo);
+  p.forward(s, x.data(), y.data());
+  *name = p.kernel_name(s);
+  std::vector<double> ya;
+  auto want = conv_ref(s, x, w, bias.data(), &ya);
+  const double K = double(s.Cin * s.kh * s.kw) + 1;
+  double worst = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    if (std::isnan(y[i])) return 1e30;
+    worst = std::max(worst, std::fabs(y[i] - want[i]) / (K * kEps * ya[i] + 1e-30));
+  }
+  return worst;
+}
+
+bool is_winograd(const std::string& kernel) { return kernel.find("wino") != std::string::npos; }
+
 TEST(Sgemm, OneThread) {
   ThreadsGuard g;
   set_num_threads(1);
@@ -268,4 +299,90 @@ TEST(Conv2d, BadShapesThrow) {
   Conv2dShape other = s;
   other.Cout = 5;
   EXPECT_THROW(p.forward(other, buf.data(), buf.data()), Error);
+}
+
+TEST(Conv2d, WinogradAgainstDoubleLoop) {
+  ThreadsGuard g;
+  const Conv2dShape shapes[] = {
+      {1, 64, 20, 24, 64, 3, 3, 1, 1, 1, 1, 1},
+      {2, 80, 13, 17, 96, 3, 3, 1, 1, 1, 1, 1},    // batch 2, odd sizes: ragged tiles and slabs
+      {1, 128, 44, 36, 128, 3, 3, 1, 1, 1, 1, 1},  // several slabs per thread
+  };
+  for (int threads : {2, 3})
+    for (const Conv2dShape& s : shapes) {
+      set_num_threads(threads);
+      std::string name;
+      const double r = conv_error_ratio(s, ConvAlgo::winograd, &name);
+      EXPECT_LE(r, kWinogradRatio) << "Cin=" << s.Cin << " H=" << s.H << " threads=" << threads << " (" << name << ")";
+      // Without a Winograd kernel on this CPU (oneDNN has it for avx512 only) the direct path runs.
+      if (!is_winograd(name)) std::printf("note: no Winograd kernel here, ran %s\n", name.c_str());
+    }
+}
+
+TEST(Conv2d, WinogradRequestFallsBackWhereUnsupported) {
+  // Shapes oneDNN's Winograd does not take (channels not multiples of 16, strides, 1x1, 5x3,
+  // 3 channels): ConvAlgo::winograd must still give the exact convolution.
+  ThreadsGuard g;
+  set_num_threads(2);
+  for (const Conv2dShape& s : kConvs) {
+    std::string name;
+    const double K = double(s.Cin * s.kh * s.kw) + 1;  // the direct bound of check_conv
+    EXPECT_LE(conv_error_ratio(s, ConvAlgo::winograd, &name), (2.0 * K + 4.0) / K)
+        << "Cin=" << s.Cin << " Cout=" << s.Cout << " k=" << s.kh << "x" << s.kw << " stride=" << s.stride << " ("
+        << name << ")";
+  }
+}
+
+TEST(Conv2d, AutomaticTakesWinogradOnlyWhereTheTableSays) {
+  ThreadsGuard g;
+  set_num_threads(2);
+  struct Case { Conv2dShape s; bool winograd; };
+  const Case cases[] = {
+      {{1, 128, 256, 256, 128, 3, 3, 1, 1, 1, 1, 1}, true},   // decoder 256x256 level
+      {{1, 256, 64, 64, 256, 3, 3, 1, 1, 1, 1, 1}, true},     // 64x64: the smallest taken
+      {{1, 256, 32, 32, 256, 3, 3, 1, 1, 1, 1, 1}, false},    // transform costs more than it saves
+      {{1, 512, 16, 16, 512, 3, 3, 1, 1, 1, 1, 1}, false},
+      {{1, 128, 128, 128, 128, 3, 3, 2, 0, 0, 1, 1}, false},  // stride 2
+      {{1, 128, 64, 64, 3, 3, 3, 1, 1, 1, 1, 1}, false},      // conv_out, 3 channels
+  };
+  // Is there a Winograd kernel at all here?
+  const Conv2dShape probe{1, 64, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1};
+  std::vector<float> w0(size_t(64 * 64 * 9), 0.0f);
+  const bool have = is_winograd(PackedConv2d(probe, w0.data(), nullptr, ConvAlgo::winograd).kernel_name(probe));
+  for (const Case& c : cases) {
+    std::vector<float> w(size_t(c.s.Cout * c.s.Cin * 9), 0.0f);
+    const std::string automatic = PackedConv2d(c.s, w.data(), nullptr, ConvAlgo::automatic).kernel_name(c.s);
+    const std::string direct = PackedConv2d(c.s, w.data(), nullptr, ConvAlgo::direct).kernel_name(c.s);
+    EXPECT_EQ(is_winograd(automatic), c.winograd && have) << "Cin=" << c.s.Cin << " H=" << c.s.H << ": " << automatic;
+    EXPECT_FALSE(is_winograd(direct)) << direct;
+  }
+}
+
+TEST(Conv2d, CpuBackendRepacksWeightsChangedInPlace) {
+  // The CPU backend keeps each layer packed (keyed by the weight storage); a weight tensor
+  // overwritten in place must not be served from the stale packing.
+  ThreadsGuard g;
+  set_num_threads(2);
+  auto be = make_cpu_backend();
+  const Conv2dShape s{1, 16, 9, 10, 16, 3, 3, 1, 1, 1, 1, 1};
+  Tensor x = Tensor::empty({s.B, s.Cin, s.H, s.W}), w = Tensor::empty({s.Cout, s.Cin, 3, 3}),
+         b = Tensor::empty({s.Cout});
+  for (uint32_t round = 0; round < 3; ++round) {
+    auto xv = random_vec(size_t(x.numel()), 40 + round), wv = random_vec(size_t(w.numel()), 50 + round),
+         bv = random_vec(size_t(b.numel()), 60 + round);
+    std::copy(xv.begin(), xv.end(), x.f32());
+    std::copy(wv.begin(), wv.end(), w.f32());
+    std::copy(bv.begin(), bv.end(), b.f32());
+    for (bool fast : {false, true}) {
+      Conv2dParams p = Conv2dParams::same(1);
+      p.allow_winograd = fast;
+      Tensor y = be->conv2d(x, w, b, p);
+      std::vector<double> ya;
+      auto want = conv_ref(s, xv, wv, bv.data(), &ya);
+      const double K = double(s.Cin * 9) + 1;
+      for (size_t i = 0; i < want.size(); ++i)
+        ASSERT_NEAR(y.f32()[i], want[i], (2.0 * K + 4.0) * kEps * ya[i] + 1e-30)
+            << "round " << round << " allow_winograd=" << fast << " at " << i;
+    }
+  }
 }
