@@ -50,7 +50,7 @@ cmake --build build-asan -j"$JOBS"
 step "ASan/UBSan tests: unit + CLI"
 export ASAN_OPTIONS=exitcode=86:abort_on_error=0:detect_leaks=1:strict_string_checks=1
 export UBSAN_OPTIONS=exitcode=86:print_stacktrace=1:halt_on_error=1
-ctest --test-dir build-asan --output-on-failure -j"$JOBS" --timeout 1500 --no-tests=error -L unit
+ctest --test-dir build-asan --output-on-failure -j"$JOBS" --timeout 1500 --no-tests=error -L '^(unit|fuzz)$'
 ctest --test-dir build-asan --output-on-failure -j"$JOBS" --timeout 1500 --no-tests=error -R '^py_test_(bad_input|stage1_cli)$'
 
 step "all tests passed"
