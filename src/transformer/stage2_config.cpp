@@ -27,8 +27,15 @@ int Stage2Config::text_vocab_size() const {
 
 namespace {
 
-void need_positive(int64_t v, const char* field, const std::string& source) {
+// Upper bounds keep every size product (parameter counts, tensor shapes) far from int64 overflow
+// while leaving room far beyond any released model (C 2560, 48 layers, 16384-entry vocabularies).
+constexpr int64_t kMaxSize = int64_t(1) << 24;  // vocabularies, context lengths, code shapes
+constexpr int64_t kMaxWidth = 65536;            // embed_dim, input_embed_dim
+constexpr int64_t kMaxLayers = 4096;
+
+void need_positive(int64_t v, const char* field, const std::string& source, int64_t max = kMaxSize) {
   if (v <= 0) fail(source, ": stage2 field '", field, "' must be a positive integer, found ", v);
+  if (v > max) fail(source, ": stage2 field '", field, "' = ", v, " is larger than hwaga accepts (at most ", max, ")");
 }
 
 void need_flag(bool v, bool want, const char* field, const std::string& source) {
@@ -49,18 +56,18 @@ void need_heads(int C, int heads, const char* heads_field, const std::string& so
 void validate_stage2_config(const Stage2Config& c, const std::string& source) {
   if (c.is_rq()) {
     const RqTransformerConfig& r = c.rq;
-    need_positive(r.embed_dim, "embed_dim", source);
-    need_positive(r.n_layer_body, "n_layer_body", source);
-    need_positive(r.n_layer_head, "n_layer_head", source);
+    need_positive(r.embed_dim, "embed_dim", source, kMaxWidth);
+    need_positive(r.n_layer_body, "n_layer_body", source, kMaxLayers);
+    need_positive(r.n_layer_head, "n_layer_head", source, kMaxLayers);
     need_heads(r.embed_dim, r.n_head, "n_head", source);
     if (r.block_size.size() != 3)
       fail(source, ": stage2 field 'block_size' must have 3 values [H, W, D], found ",
            r.block_size.size());
-    for (int v : r.block_size) need_positive(v, "block_size", source);
+    for (int v : r.block_size) need_positive(v, "block_size", source, 4096);
     need_positive(r.vocab_size, "vocab_size", source);
     need_positive(r.vocab_size_cond, "vocab_size_cond", source);
-    need_positive(r.block_size_cond, "block_size_cond", source);
-    need_positive(r.input_embed_dim, "input_embed_dim", source);
+    need_positive(r.block_size_cond, "block_size_cond", source, 65536);
+    need_positive(r.input_embed_dim, "input_embed_dim", source, kMaxWidth);
     if (r.block_size_cond > 1 && r.vocab_size_cond == 1)
       fail(source, ": stage2 block_size_cond ", r.block_size_cond,
            " > 1 needs vocab_size_cond > 1 (a text vocabulary), found vocab_size_cond 1");
@@ -80,11 +87,11 @@ void validate_stage2_config(const Stage2Config& c, const std::string& source) {
     const MindalleGptConfig& g = c.gpt;
     need_positive(g.vocab_size_txt, "vocab_size_txt", source);
     need_positive(g.vocab_size_img, "vocab_size_img", source);
-    need_positive(g.embed_dim, "embed_dim", source);
-    need_positive(g.n_layers, "n_layers", source);
+    need_positive(g.embed_dim, "embed_dim", source, kMaxWidth);
+    need_positive(g.n_layers, "n_layers", source, kMaxLayers);
     need_heads(g.embed_dim, g.n_heads, "n_heads", source);
-    need_positive(g.ctx_len_txt, "ctx_len_txt", source);
-    need_positive(g.ctx_len_img, "ctx_len_img", source);
+    need_positive(g.ctx_len_txt, "ctx_len_txt", source, 65536);
+    need_positive(g.ctx_len_img, "ctx_len_img", source, 65536);
     need_flag(g.mlp_bias, true, "mlp_bias", source);
     need_flag(g.attn_bias, true, "attn_bias", source);
     need_flag(g.gelu_use_approx, false, "gelu_use_approx", source);

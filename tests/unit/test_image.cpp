@@ -345,3 +345,15 @@ TEST_F(ImageTest, CorruptPngsNeverCrash) {
   EXPECT_GT(refused, int(bytes.size()));  // every truncation at least
   EXPECT_GT(parsed, 0);                  // the untouched-critical-chunk cases
 }
+
+// A top-down BMP (negative height in its header, which stb_image's info call passes through)
+// is a valid 4x4 picture: it must decode, not be refused as "4 x -4 pixels".
+TEST(ImageBmp, TopDownBmpDecodes) {
+  std::string path = std::string(HWAGA_SOURCE_DIR) + "/tests/fuzz/corpus/image/bgra32_topdown_4x4.bmp";
+  hwaga::Tensor t = hwaga::load_image_for_model(path, 4);
+  EXPECT_EQ(t.shape(), (hwaga::Shape{3, 4, 4}));
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    EXPECT_GE(t.f32()[i], -1.0f);
+    EXPECT_LE(t.f32()[i], 1.0f);
+  }
+}
