@@ -2,6 +2,7 @@
 // from the caching allocator, and launches the kernels of kernels/cuda on the backend's stream.
 #include "backend/cuda/cuda_backend.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -12,6 +13,7 @@
 #include "kernels/cuda/group_norm.cuh"
 #include "kernels/cuda/quantize.cuh"
 #include "kernels/cuda/softmax.cuh"
+#include "kernels/cuda/transformer_ops.cuh"
 
 namespace hwaga {
 namespace {
@@ -27,6 +29,7 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaGetDeviceProperties(&prop, opts.device));
     gpu_name_ = prop.name;
     sm_ = prop.major * 10 + prop.minor;
+    num_sms_ = prop.multiProcessorCount;
     CUDA_CHECK(cudaStreamCreateWithFlags(&ctx_.stream, cudaStreamNonBlocking));
     CUBLAS_CHECK(cublasCreate(&ctx_.blas));
     CUBLAS_CHECK(cublasSetStream(ctx_.blas, ctx_.stream));
@@ -249,7 +252,7 @@ class CudaBackend final : public Backend {
   Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) override {
     Tensor xd = act(x, "linear: x");
     Tensor wd = dev(w);
-    if (wd.dtype() != DType::F32 && wd.dtype() != DType::BF16) wd = to_f32(wd);
+    HWAGA_CHECK(is_float(wd.dtype()), "linear: weight must be f32, bf16 or f16, found ", dtype_name(wd.dtype()));
     HWAGA_CHECK(wd.ndim() == 2 && xd.ndim() >= 1 && xd.dim(-1) == wd.dim(1), "linear: x ", shape_str(xd.shape()),
                 " does not match weight ", shape_str(wd.shape()), " [out,in]");
     const int64_t in = wd.dim(1), out = wd.dim(0), N = in ? xd.numel() / in : 0;
@@ -264,6 +267,177 @@ class CudaBackend final : public Backend {
       cuda::add_bias_rows_f32(y.ptr<float>(), bd.ptr<float>(), N, out, ctx_.stream);
     }
     return y;
+  }
+
+  // ---- transformers (kernels/cuda/transformer_ops.cuh) ----
+
+  // Weight matrices and embedding tables keep their float dtype (bf16 stays bf16: half the
+  // memory and memory traffic of f32); anything else is uploaded as it is.
+  Tensor upload_weight(const Tensor& host) override {
+    HWAGA_CHECK(host.defined() || host.numel() == 0, "upload_weight: undefined tensor");
+    if (host.device() == Device::CUDA) return host;
+    return upload(host, host.dtype());
+  }
+
+  Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps) override {
+    Tensor xd = act(x, "layer_norm: x");
+    HWAGA_CHECK(xd.ndim() >= 1, "layer_norm: x must have at least one dimension");
+    const int64_t C = xd.dim(-1), N = C ? xd.numel() / C : 0;
+    Tensor g = act(gamma, "layer_norm: weight"), bt = act(beta, "layer_norm: bias");
+    HWAGA_CHECK(g.numel() == C && bt.numel() == C, "layer_norm: weight/bias ", shape_str(g.shape()), "/",
+                shape_str(bt.shape()), " do not match ", C, " channels of x ", shape_str(xd.shape()));
+    Tensor y = ctx_.empty(xd.shape());
+    cuda::layer_norm_f32(xd.ptr<float>(), g.ptr<float>(), bt.ptr<float>(), y.ptr<float>(), N, C, eps, ctx_.stream);
+    return y;
+  }
+
+  Tensor gelu(const Tensor& x) override {
+    Tensor xd = act(x, "gelu: x");
+    Tensor y = ctx_.empty(xd.shape());
+    cuda::gelu_f32(xd.ptr<float>(), y.ptr<float>(), xd.numel(), ctx_.stream);
+    return y;
+  }
+
+  Tensor embedding(const Tensor& table, const Tensor& ids) override {
+    HWAGA_CHECK(table.defined(), "embedding: table is undefined");
+    Tensor td = dev(table);
+    HWAGA_CHECK(is_float(td.dtype()), "embedding: table must be f32, bf16 or f16, found ", dtype_name(td.dtype()));
+    HWAGA_CHECK(td.ndim() == 2, "embedding: table ", shape_str(td.shape()), " is not [V,C]");
+    HWAGA_CHECK(ids.defined() || ids.numel() == 0, "embedding: ids are undefined");
+    HWAGA_CHECK(ids.dtype() == DType::I32, "embedding: ids must be int32, found ", dtype_name(ids.dtype()));
+    const int64_t V = td.dim(0), C = td.dim(1), N = ids.numel();
+    if (ids.device() == Device::CPU) {  // check on the host, where the error can name the id
+      const int32_t* id = ids.ptr<int32_t>();
+      for (int64_t n = 0; n < N; ++n)
+        HWAGA_CHECK(id[n] >= 0 && id[n] < V, "embedding: id ", id[n], " at position ", n, " is outside [0, ", V,
+                    ") for table ", shape_str(td.shape()));
+    }
+    Tensor out = ctx_.empty({N, C});
+    if (out.numel() == 0) return out;
+    Tensor idd = dev(ids);
+    std::shared_ptr<void> bad = ctx_.scratch(sizeof(int));
+    CUDA_CHECK(cudaMemsetAsync(bad.get(), 0, sizeof(int), ctx_.stream));
+    cuda::gather_rows_f32(td.data(), td.dtype(), idd.ptr<int32_t>(), out.ptr<float>(), static_cast<int*>(bad.get()),
+                          N, V, C, ctx_.stream);
+    if (ids.device() == Device::CUDA) {  // device ids: one flag read back
+      int flag = 0;
+      CUDA_CHECK(cudaMemcpyAsync(&flag, bad.get(), sizeof(int), cudaMemcpyDeviceToHost, ctx_.stream));
+      CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+      HWAGA_CHECK(flag == 0, "embedding: an id is outside [0, ", V, ") for table ", shape_str(td.shape()));
+    }
+    return out;
+  }
+
+  Tensor add_rows(const Tensor& x, const Tensor& rows) override {
+    Tensor xd = act(x, "add_rows: x"), rd = act(rows, "add_rows: rows");
+    HWAGA_CHECK(xd.ndim() >= 1 && rd.ndim() >= 1 && rd.dim(-1) == xd.dim(-1), "add_rows: rows ",
+                shape_str(rd.shape()), " do not match the channels of x ", shape_str(xd.shape()));
+    const int64_t C = xd.dim(-1), N = C ? xd.numel() / C : 0, R = C ? rd.numel() / C : 0;
+    HWAGA_CHECK(C == 0 || (R >= 1 && N % R == 0), "add_rows: ", N, " rows of x ", shape_str(xd.shape()),
+                " are not a multiple of the ", R, " rows of ", shape_str(rd.shape()));
+    Tensor y = ctx_.empty(xd.shape());
+    cuda::add_rows_f32(xd.ptr<float>(), rd.ptr<float>(), y.ptr<float>(), N, R, C, ctx_.stream);
+    return y;
+  }
+
+  Tensor concat(const std::vector<Tensor>& parts) override {
+    HWAGA_CHECK(!parts.empty(), "concat: no tensors");
+    std::vector<Tensor> pd;
+    pd.reserve(parts.size());
+    for (const Tensor& p : parts) pd.push_back(act(p, "concat: part"));
+    Shape s = pd[0].shape();
+    HWAGA_CHECK(!s.empty(), "concat: tensors must have at least one dimension");
+    int64_t rows = 0;
+    for (const Tensor& p : pd) {
+      HWAGA_CHECK(p.ndim() == int(s.size()) && std::equal(s.begin() + 1, s.end(), p.shape().begin() + 1), "concat: ",
+                  shape_str(p.shape()), " does not match ", shape_str(pd[0].shape()), " after dimension 0");
+      rows += p.dim(0);
+    }
+    s[0] = rows;
+    Tensor y = ctx_.empty(s);
+    char* dst = static_cast<char*>(y.data());
+    for (const Tensor& p : pd) {
+      if (p.nbytes())
+        CUDA_CHECK(cudaMemcpyAsync(dst, p.data(), p.nbytes(), cudaMemcpyDeviceToDevice, ctx_.stream));
+      dst += p.nbytes();
+    }
+    return y;
+  }
+
+  KvCache kv_cache_new(int64_t B, int64_t n_head, int64_t T_max, int64_t head_dim) override {
+    HWAGA_CHECK(B >= 1 && n_head >= 1 && T_max >= 1 && head_dim >= 1, "kv_cache_new: bad shape B=", B,
+                " heads=", n_head, " T_max=", T_max, " hd=", head_dim);
+    KvCache c;
+    c.k = ctx_.empty({B, n_head, T_max, head_dim});
+    c.v = ctx_.empty({B, n_head, T_max, head_dim});
+    // Zeroed so that a bug reading past `len` shows as zeros, not as another tensor's data.
+    CUDA_CHECK(cudaMemsetAsync(c.k.data(), 0, c.k.nbytes(), ctx_.stream));
+    CUDA_CHECK(cudaMemsetAsync(c.v.data(), 0, c.v.nbytes(), ctx_.stream));
+    return c;
+  }
+
+  void kv_cache_gather(KvCache& dst, const KvCache& src, const std::vector<int32_t>& rows) override {
+    HWAGA_CHECK(dst.k.defined() && dst.v.defined() && src.k.defined() && src.v.defined(),
+                "kv_cache_gather: undefined cache");
+    for (const Tensor* t : std::initializer_list<const Tensor*>{&dst.k, &dst.v, &src.k, &src.v})
+      HWAGA_CHECK(t->device() == Device::CUDA && t->dtype() == DType::F32 && t->ndim() == 4,
+                  "kv_cache_gather: caches must be f32 [B,heads,T_max,hd] on the GPU (kv_cache_new), found ",
+                  dtype_name(t->dtype()), " ", shape_str(t->shape()), " on ", device_name(t->device()));
+    const int64_t B = dst.k.dim(0), H = dst.k.dim(1), Tm = dst.k.dim(2), hd = dst.k.dim(3);
+    HWAGA_CHECK(int64_t(rows.size()) == B, "kv_cache_gather: ", rows.size(), " rows for a cache of batch ", B);
+    HWAGA_CHECK(src.k.dim(1) == H && src.k.dim(3) == hd && src.len >= 0 && src.len <= Tm && src.len <= src.k.dim(2),
+                "kv_cache_gather: source ", shape_str(src.k.shape()), " (", src.len, " positions) does not fit ",
+                shape_str(dst.k.shape()));
+    HWAGA_CHECK(dst.k.data() != src.k.data(), "kv_cache_gather: source and destination are the same cache");
+    const int64_t Ts = src.k.dim(2);
+    for (int32_t r : rows)
+      HWAGA_CHECK(r >= 0 && r < src.k.dim(0), "kv_cache_gather: row ", r, " outside the source batch ",
+                  src.k.dim(0));
+    if (src.len > 0) {
+      // Per destination row: H heads of len*hd floats, source pitch Ts*hd, destination pitch Tm*hd.
+      const size_t width = size_t(src.len * hd) * 4, spitch = size_t(Ts * hd) * 4, dpitch = size_t(Tm * hd) * 4;
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t so = int64_t(rows[size_t(b)]) * H * Ts * hd, dof = b * H * Tm * hd;
+        CUDA_CHECK(cudaMemcpy2DAsync(dst.k.ptr<float>() + dof, dpitch, src.k.ptr<float>() + so, spitch, width,
+                                     size_t(H), cudaMemcpyDeviceToDevice, ctx_.stream));
+        CUDA_CHECK(cudaMemcpy2DAsync(dst.v.ptr<float>() + dof, dpitch, src.v.ptr<float>() + so, spitch, width,
+                                     size_t(H), cudaMemcpyDeviceToDevice, ctx_.stream));
+      }
+    }
+    dst.len = src.len;
+  }
+
+  Tensor attention_step(const Tensor& q, const Tensor& k, const Tensor& v, KvCache& cache, int n_head) override {
+    Tensor qd = act(q, "attention_step: q"), kd = act(k, "attention_step: k"), vd = act(v, "attention_step: v");
+    HWAGA_CHECK(qd.ndim() == 3 && kd.shape() == qd.shape() && vd.shape() == qd.shape(),
+                "attention_step: q, k, v must share one [B,T,C] shape, got ", shape_str(qd.shape()), ", ",
+                shape_str(kd.shape()), ", ", shape_str(vd.shape()));
+    HWAGA_CHECK(cache.k.defined() && cache.v.defined(), "attention_step: the cache is not allocated");
+    const int64_t B = qd.dim(0), T = qd.dim(1), C = qd.dim(2);
+    HWAGA_CHECK(n_head >= 1 && C % n_head == 0, "attention_step: ", C, " channels are not divisible into ", n_head,
+                " heads");
+    const int64_t hd = C / n_head;
+    const Shape want{B, n_head, cache.capacity(), hd};
+    for (const Tensor* t : {&cache.k, &cache.v})
+      HWAGA_CHECK(t->device() == Device::CUDA && t->dtype() == DType::F32 && t->shape() == want,
+                  "attention_step: cache ", dtype_name(t->dtype()), " ", shape_str(t->shape()), " on ",
+                  device_name(t->device()), ", expected f32 ", shape_str(want), " on the GPU");
+    HWAGA_CHECK(cache.len >= 0 && cache.len + T <= cache.capacity(), "attention_step: ", T, " new tokens after ",
+                cache.len, " overflow the cache of ", cache.capacity(), " positions");
+    Tensor out = ctx_.empty(qd.shape());
+    if (out.numel() == 0) {
+      cache.len += T;
+      return out;
+    }
+    cuda::kv_append_f32(kd.ptr<float>(), vd.ptr<float>(), cache.k.ptr<float>(), cache.v.ptr<float>(), B, T, n_head,
+                        hd, cache.capacity(), cache.len, ctx_.stream);
+    const int64_t nf = cuda::attention_scratch_floats(B, T, n_head, hd, cache.len, num_sms_);
+    std::shared_ptr<void> part = nf ? ctx_.scratch(size_t(nf) * 4) : nullptr;
+    cuda::attention_cached_f32(qd.ptr<float>(), cache.k.ptr<float>(), cache.v.ptr<float>(), out.ptr<float>(),
+                               static_cast<float*>(part.get()), B, T, n_head, hd, cache.capacity(), cache.len,
+                               num_sms_, ctx_.stream);
+    cache.len += T;
+    return out;
   }
 
   // ---- for cuda_backend.h's helpers ----
@@ -302,9 +476,11 @@ class CudaBackend final : public Backend {
   }
   Tensor to_f32(const Tensor& d) {
     if (d.dtype() == DType::F32) return d;
-    HWAGA_CHECK(d.dtype() == DType::BF16, "CUDA backend: cannot convert ", dtype_name(d.dtype()), " to f32");
+    HWAGA_CHECK(d.dtype() == DType::BF16 || d.dtype() == DType::F16, "CUDA backend: cannot convert ",
+                dtype_name(d.dtype()), " to f32");
     Tensor y = ctx_.empty(d.shape());
-    cuda::bf16_to_f32(d.ptr<uint16_t>(), y.ptr<float>(), d.numel(), ctx_.stream);
+    if (d.dtype() == DType::BF16) cuda::bf16_to_f32(d.ptr<uint16_t>(), y.ptr<float>(), d.numel(), ctx_.stream);
+    else cuda::f16_to_f32(d.ptr<uint16_t>(), y.ptr<float>(), d.numel(), ctx_.stream);
     return y;
   }
   Tensor to_bf16(const Tensor& d) {
@@ -317,7 +493,7 @@ class CudaBackend final : public Backend {
   cuda::Context ctx_;
   std::unique_ptr<cuda::Conv2d> conv_;
   std::string gpu_name_, dnn_note_;
-  int sm_ = 0;
+  int sm_ = 0, num_sms_ = 1;
 };
 
 CudaBackend& as_cuda(Backend& be) {

@@ -3,6 +3,7 @@
 
 #include "backend/cuda/cuda_context.h"
 #include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/transformer_ops.cuh"
 
 namespace hwaga::cuda {
 namespace {
@@ -71,10 +72,15 @@ void linear_lt(Context& ctx, const float* x, const void* w, DType wtype, float* 
     lt_matmul(ctx, true, N, M, K, w, CUDA_R_32F, K, x, CUDA_R_32F, K, y, CUDA_R_32F, N);
     return;
   }
-  if (wtype != DType::BF16) fail("linear: weight dtype ", dtype_name(wtype), " not supported (f32 or bf16)");
+  if (wtype != DType::BF16 && wtype != DType::F16)
+    fail("linear: weight dtype ", dtype_name(wtype), " not supported (f32, bf16 or f16)");
+  // 16-bit weights: the activations are rounded to the weights' type (as PyTorch autocast does)
+  // and the tensor cores multiply 16 x 16 bits with f32 accumulation and f32 output.
   std::shared_ptr<void> xb = ctx.scratch(size_t(M * K) * 2);
-  f32_to_bf16(x, static_cast<uint16_t*>(xb.get()), M * K, ctx.stream);
-  lt_matmul(ctx, true, N, M, K, w, CUDA_R_16BF, K, xb.get(), CUDA_R_16BF, K, y, CUDA_R_32F, N);
+  if (wtype == DType::BF16) f32_to_bf16(x, static_cast<uint16_t*>(xb.get()), M * K, ctx.stream);
+  else f32_to_f16(x, static_cast<uint16_t*>(xb.get()), M * K, ctx.stream);
+  const cudaDataType_t t = cuda_type(wtype);
+  lt_matmul(ctx, true, N, M, K, w, t, K, xb.get(), t, K, y, CUDA_R_32F, N);
 }
 
 void square_matmul_lt(Context& ctx, const void* a, const void* b, void* d, DType dtype, int n) {
