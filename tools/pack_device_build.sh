@@ -2,7 +2,8 @@
 # Builds the CUDA-enabled Release binaries that tests/gpu/device_check.sh runs on a GPU machine
 # that can build nothing itself, and packs them with the shared libraries they need into
 # build-device/ (carried to that machine as is; /build*/ is git-ignored):
-#   build-device/bin/   test_cuda_ops test_cuda_stage1 bench_gpu_stage1 hwaga (stripped)
+#   build-device/bin/   test_cuda_ops test_cuda_transformer_ops test_cuda_t2i test_cuda_stage1
+#                       bench_gpu_stage1 bench_gpu_t2i hwaga (stripped)
 #   build-device/lib/   every shared library from `ldd` except glibc, libstdc++, libgcc, libm,
 #                       the CUDA driver and the CUDA libraries (cudart is static; cuBLAS/cuDNN
 #                       come from the device), or lib.tar.xz instead when lib/ would exceed the
@@ -13,14 +14,15 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BUILD="${1:-$ROOT/build-cuda}"
 OUTD="$ROOT/build-device"
 BUDGET_MIB=${BUDGET_MIB:-55}
-TARGETS=(test_cuda_ops test_cuda_stage1 bench_gpu_stage1 hwaga)
+CORE=(test_cuda_ops test_cuda_transformer_ops test_cuda_t2i test_cuda_stage1 bench_gpu_stage1 bench_gpu_t2i)
+TARGETS=("${CORE[@]}" hwaga)
 
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DHWAGA_CUDA=ON -DHWAGA_SANITIZE=OFF >/dev/null
-cmake --build "$BUILD" --target test_cuda_ops test_cuda_stage1 bench_gpu_stage1 -j"$(nproc)"
+cmake --build "$BUILD" --target "${CORE[@]}" -j"$(nproc)"
 # The CLI is packed when it builds (others' work in progress must not block the GPU check).
 if ! cmake --build "$BUILD" --target hwaga -j"$(nproc)"; then
   echo "pack: WARNING: the hwaga binary did not build; packing without it" >&2
-  TARGETS=(test_cuda_ops test_cuda_stage1 bench_gpu_stage1)
+  TARGETS=("${CORE[@]}")
 fi
 
 rm -rf "$OUTD"
@@ -57,5 +59,8 @@ ls -la "$OUTD" "$OUTD/bin"
 # The binaries must start here (no GPU: the tests skip, the bench reports no device).
 export LD_LIBRARY_PATH="$OUTD/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if [ -d "$OUTD/lib" ]; then
-  "$OUTD/bin/test_cuda_ops" --gtest_brief=1 | tail -n 3
+  for t in test_cuda_ops test_cuda_transformer_ops test_cuda_t2i; do
+    "$OUTD/bin/$t" --gtest_brief=1 | tail -n 2
+  done
+  "$OUTD/bin/bench_gpu_t2i" --budget 5 || true
 fi

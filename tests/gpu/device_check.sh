@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # The GPU check, run on a lent GPU machine that cannot build anything: it uses the binaries that
 # tools/pack_device_build.sh packed into build-device/ here. Stages (each under a timeout, each
-# logged, a failure does not stop the others; the whole run stays under ~6 minutes):
+# logged, a failure does not stop the others; the whole run stays under ~6 minutes), the most
+# important results first:
 #   1. nvidia-smi and the libraries the binaries will load (cuBLAS/cuDNN from the device)
-#   2. GPU tests: test_cuda_ops, test_cuda_stage1 (CUDA vs the CPU backend; a skip is a failure here)
+#   2. GPU tests (CUDA vs the CPU backend; a skip is a failure here): test_cuda_ops,
+#      test_cuda_transformer_ops (LayerNorm/GELU/embedding/attention over a KV cache/16-bit
+#      linear), test_cuda_t2i (tiny RQ-Transformer and minDALL-E: logits and greedy codes),
+#      test_cuda_stage1
 #   3. bench_gpu_stage1 (hwaga: RQ-VAE / VQGAN decode + encode, batch 1 and 64, f32 and bf16 weights,
 #      card copy bandwidth and cuBLASLt 8192^3 rates)
-#   4. tests/gpu/torch_stage1_bench.py (PyTorch on the same nets, f32 and bf16 autocast)
-#   5. a short table (always printed; also $OUT/device_check.txt, with the logs, when $OUT is set)
+#   4. bench_gpu_t2i (hwaga: rq-3.9b and mindalle-1.3b code generation, random bf16 weights,
+#      batch 1, 64 and a larger one when time allows)
+#   5. tests/gpu/torch_stage1_bench.py and tests/gpu/torch_t2i_bench.py (PyTorch on the same shapes)
+#   6. a short table (always printed; also $OUT/device_check.txt, with the logs, when $OUT is set)
 # usage, from the repository root:  bash tests/gpu/device_check.sh [build-device]
 set -u
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 PACK="$(cd "${1:-$ROOT/build-device}" 2>/dev/null && pwd || echo "${1:-$ROOT/build-device}")"
-BUDGET_S=${DEVICE_CHECK_BUDGET_S:-340}
+BUDGET_S=${DEVICE_CHECK_BUDGET_S:-370}
 T0=$(date +%s)
 WORK="$(mktemp -d /tmp/hwaga-device-check.XXXXXX)"
 declare -A RC
@@ -80,11 +86,16 @@ ldd "$PACK/bin/test_cuda_ops" 2>&1 | grep -E "cudnn|cublas|not found" || echo "l
 export HWAGA_REQUIRE_GPU=1       # on this machine a skipped GPU test is a failure
 export NVIDIA_TF32_OVERRIDE=0    # belt and braces: no TF32 anywhere in the f32 parity tests
 
-stage test_cuda_ops 120 "$PACK/bin/test_cuda_ops" --gtest_brief=1
-stage test_cuda_stage1 60 "$PACK/bin/test_cuda_stage1" --gtest_brief=1
+stage test_cuda_ops 60 "$PACK/bin/test_cuda_ops" --gtest_brief=1
+stage test_cuda_transformer_ops 60 "$PACK/bin/test_cuda_transformer_ops" --gtest_brief=1
+stage test_cuda_t2i 60 "$PACK/bin/test_cuda_t2i" --gtest_brief=1
+stage test_cuda_stage1 45 "$PACK/bin/test_cuda_stage1" --gtest_brief=1
 unset NVIDIA_TF32_OVERRIDE
-stage bench_hwaga 170 "$PACK/bin/bench_gpu_stage1" --iters 3
-stage bench_torch 110 python3 "$ROOT/tests/gpu/torch_stage1_bench.py" --iters 3
+stage bench_hwaga 60 "$PACK/bin/bench_gpu_stage1" --iters 3
+# bench_gpu_t2i stops starting new runs after --budget s (building 3.9B random weights included).
+stage bench_t2i 130 "$PACK/bin/bench_gpu_t2i" --budget 110
+stage bench_torch 60 python3 "$ROOT/tests/gpu/torch_stage1_bench.py" --iters 3
+stage bench_torch_t2i 90 python3 "$ROOT/tests/gpu/torch_t2i_bench.py" --budget 75
 
 # --- the table ---
 python3 - "$WORK" > "$WORK/table.txt" <<'PY' || echo "(table script failed)" > "$WORK/table.txt"
@@ -128,15 +139,48 @@ print("(x f32 / x bf16: PyTorch ms per picture / hwaga ms per picture at the sam
       " %bf16mm: conv TFLOP/s as a share of the card's cuBLASLt bf16 rate. Torch-only rows:)")
 for k, r in torch.items():
     print(f"  torch {' '.join(k)}: {r['ms_per_pic']} ms/pic, peak {r['peak_mib']} MiB")
+
+# text-to-image code generation (stage 2 only), hwaga vs the PyTorch sampling loop
+gen = []
+for name in ("bench_t2i.log", "bench_torch_t2i.log"):
+    p = os.path.join(work, name)
+    if os.path.exists(p):
+        for line in open(p, errors="replace"):
+            if line.startswith("RESULT "):
+                gen.append(dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv))
+builds = [r for r in gen if r.get("what") == "build"]
+for r in builds:
+    print(f"t2i build: {r.get('impl')} {r.get('model')} {r.get('params_m', '?')}M params in {r.get('seconds', '?')} s")
+tt = {(r["model"], r["batch"]): r for r in gen if r.get("impl") == "torch" and r.get("what") == "generate"}
+hdr = (f"{'t2i model':14} {'B':>4} | {'s/pic':>8} {'pic/s':>8} {'steady':>8} {'wGB/s':>6} {'peakMiB':>7} | "
+       f"{'torch s/pic':>11} {'steps':>8} | {'x torch':>7}")
+print(hdr)
+print("-" * len(hdr))
+for r in gen:
+    if r.get("impl") != "hwaga" or r.get("what") != "generate":
+        continue
+    t = tt.get((r["model"], r["batch"]), {})
+    ts = t.get("s_per_pic")
+    x = f"{float(ts) / float(r['s_per_pic']):.2f}" if ts else "?"
+    print(f"{r['model']:14} {r['batch']:>4} | {float(r['s_per_pic']):8.4f} {float(r['pics_per_s']):8.2f} "
+          f"{float(r['steady_s_per_pic']):8.4f} {r['weight_gbs']:>6} {r['peak_mib']:>7} | {ts or '?':>11} "
+          f"{t.get('steps', '?'):>8} | {x:>7}")
+print("(t2i: seconds per picture for the codes (stage 2; no stage-1 decode), bf16 weights, the presets'"
+      " top-k/top-p; steady = without the first 1/8 of the steps; wGB/s = weight bytes the loop reads / time;"
+      " x torch = PyTorch s/pic / hwaga s/pic, >1 means hwaga is faster; torch steps D/T < T = extrapolated)")
+for k, r in tt.items():
+    if not any(g.get("impl") == "hwaga" and (g.get("model"), g.get("batch")) == k for g in gen):
+        print(f"  torch {k[0]} batch {k[1]}: {r['s_per_pic']} s/pic, steps {r['steps']}, peak {r['peak_mib']} MiB")
 PY
 {
   echo "=== hwaga device check summary ($(($(date +%s) - T0)) s)"
   for s in "${STAGES[@]}"; do
     st="${RC[$s]}"
     case "$st" in 0\ *) v="ok";; *) v="FAILED";; esac
-    printf "  %-18s %-7s rc %s\n" "$s" "$v" "$st"
+    printf "  %-26s %-7s rc %s\n" "$s" "$v" "$st"
   done
   grep -hE "^\[  (FAILED|SKIPPED) +\]|tests? ran|PASSED" "$WORK"/test_cuda_*.log 2>/dev/null | sed 's/^/  /'
+  grep -h "greedy codes equal" "$WORK"/test_cuda_t2i.log 2>/dev/null | sed 's/^/  /'
   grep -h "^# FAILED" "$WORK"/bench_*.log 2>/dev/null | sed 's/^/  /'
   grep -h "WARNING" "$WORK"/*.log 2>/dev/null | sort -u | head -n 5 | sed 's/^/  /'
   grep -h "^# .*cuda (" "$WORK"/bench_hwaga.log 2>/dev/null | sort -u | sed 's/^/  /'
