@@ -1,4 +1,7 @@
 // Dense matrix products on cuBLASLt (Backend::linear and the matrix-rate measurement).
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "backend/cuda/cuda_context.h"
@@ -33,6 +36,22 @@ struct LtCall {
   }
 };
 
+// One product's shape and types, with the device and handle its algorithm was picked for.
+struct AlgoKey {
+  int device;
+  cublasLtHandle_t lt;
+  bool transa;
+  int64_t m, n, k;
+  int at, bt, dt;
+  int64_t lda, ldb, ldd;
+  bool operator<(const AlgoKey& o) const {
+    return std::tie(device, lt, transa, m, n, k, at, bt, dt, lda, ldb, ldd) <
+           std::tie(o.device, o.lt, o.transa, o.m, o.n, o.k, o.at, o.bt, o.dt, o.lda, o.ldb, o.ldd);
+  }
+};
+std::mutex g_algo_mu;
+std::map<AlgoKey, cublasLtMatmulAlgo_t> g_algos;
+
 // Column-major D[m,n] = op(A)[m,k] . B[k,n]; A stored k x m (lda) when transa, else m x k.
 void lt_matmul(Context& ctx, bool transa, int64_t m, int64_t n, int64_t k, const void* A, cudaDataType_t at,
                int64_t lda, const void* B, cudaDataType_t bt, int64_t ldb, void* D, cudaDataType_t dt,
@@ -49,17 +68,36 @@ void lt_matmul(Context& ctx, bool transa, int64_t m, int64_t n, int64_t k, const
   size_t ws = kLtWorkspace;
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                                     sizeof ws));
-  cublasLtMatmulHeuristicResult_t heur[4] = {};
-  int found = 0;
-  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.lt, call.op, call.a, call.b, call.c, call.c, call.pref, 4,
-                                              heur, &found));
-  if (found == 0)
-    fail("cuBLASLt: no algorithm for a ", m, "x", n, "x", k, " product (types ", int(at), "/", int(bt), "/",
-         int(dt), ") [", __FILE__, ":", __LINE__, "]");
+  // The heuristic's pick depends only on the problem (not on the data), and querying it costs
+  // tens of microseconds of CPU per call: a sampling step of a 42-layer model makes hundreds of
+  // identical products, so the pick is remembered per (handle, problem).
+  const AlgoKey key{ctx.device, ctx.lt, transa, m, n, k, int(at), int(bt), int(dt), lda, ldb, ldd};
+  cublasLtMatmulAlgo_t algo{};
+  bool cached = false;
+  {
+    std::lock_guard<std::mutex> lock(g_algo_mu);
+    auto it = g_algos.find(key);
+    if (it != g_algos.end()) {
+      algo = it->second;
+      cached = true;
+    }
+  }
+  if (!cached) {
+    cublasLtMatmulHeuristicResult_t heur[4] = {};
+    int found = 0;
+    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.lt, call.op, call.a, call.b, call.c, call.c, call.pref, 4,
+                                                heur, &found));
+    if (found == 0)
+      fail("cuBLASLt: no algorithm for a ", m, "x", n, "x", k, " product (types ", int(at), "/", int(bt), "/",
+           int(dt), ") [", __FILE__, ":", __LINE__, "]");
+    algo = heur[0].algo;
+    std::lock_guard<std::mutex> lock(g_algo_mu);
+    g_algos[key] = algo;
+  }
   std::shared_ptr<void> workspace = ctx.scratch(ws);
   float alpha = 1.0f, beta = 0.0f;
-  CUBLAS_CHECK(cublasLtMatmul(ctx.lt, call.op, &alpha, A, call.a, B, call.b, &beta, D, call.c, D, call.c,
-                              &heur[0].algo, workspace.get(), ws, ctx.stream));
+  CUBLAS_CHECK(cublasLtMatmul(ctx.lt, call.op, &alpha, A, call.a, B, call.b, &beta, D, call.c, D, call.c, &algo,
+                              workspace.get(), ws, ctx.stream));
 }
 
 }  // namespace
