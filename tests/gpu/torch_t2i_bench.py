@@ -24,6 +24,11 @@ import time
 
 import torch
 
+try:
+    import numpy  # noqa: F401  (the references import it for their file I/O only)
+except ImportError:  # the modules and filters used here do not need it: a stub is enough
+    import types
+    sys.modules["numpy"] = types.ModuleType("numpy")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parity", "torch_ref"))
 import mindalle_ref  # noqa: E402
 import rq_transformer_ref  # noqa: E402
