@@ -1,0 +1,322 @@
+#include "t2i_options.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "cli_util.h"
+
+namespace hwaga::cli {
+
+namespace fs = std::filesystem;
+
+// ---- options ----
+
+void add_sampling_options(CLI::App& sub, SamplingArgs& a, const char* n_help) {
+  sub.add_option("-n,--n", a.n, n_help)->capture_default_str();
+  sub.add_option_function<uint64_t>(
+      "--seed", [&a](const uint64_t& v) { a.seed = v, a.seed_given = true; },
+      "random seed (default: a random one, printed); picture i uses the stream (seed, i)");
+  sub.add_option("--top-k", a.top_k,
+                 "keep the K most likely codes: K, or one K per depth K0,K1,K2,K3 (RQ), or none "
+                 "(default: 1024 for RQ text models, 256 for minDALL-E)");
+  sub.add_option("--top-p", a.top_p,
+                 "nucleus sampling mass in (0,1]: P, P0,..,P3 (RQ), or none (default: 0.95 RQ, none minDALL-E)");
+  sub.add_option("--temperature", a.temperature, "softmax temperature > 0")->capture_default_str();
+  sub.add_option("--cfg", a.cfg,
+                 "classifier-free guidance scale (0 = off; an extension, the released models had none)");
+  sub.add_flag("--greedy", a.greedy, "always take the most likely code (ignores the sampling options)");
+  sub.add_option("--batch", a.batch, "candidates sampled together (0 = all); the pictures do not depend on it");
+}
+
+namespace {
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : s) {
+    if (c == ',') {
+      out.push_back(cur);
+      cur.clear();
+    } else if (c != ' ') {
+      cur += c;
+    }
+  }
+  out.push_back(cur);
+  return out;
+}
+
+bool is_none(const std::string& s) { return s == "none" || s == "None" || s == "off"; }
+
+std::vector<int> parse_top_k(const std::string& s) {
+  if (s.empty() || is_none(s)) return {};
+  std::vector<int> out;
+  for (const std::string& piece : split_commas(s)) {
+    char* end = nullptr;
+    errno = 0;
+    long v = std::strtol(piece.c_str(), &end, 10);
+    if (piece.empty() || *end != '\0' || errno)
+      usage_fail("--top-k '", s, "': expected an integer K >= 1, or K0,K1,... (one per depth), or none");
+    if (v < 1) usage_fail("--top-k ", v, ": must be at least 1 (use none for no top-k cutoff)");
+    if (v > (1 << 30)) usage_fail("--top-k ", v, ": too large");
+    out.push_back(int(v));
+  }
+  return out;
+}
+
+std::vector<float> parse_top_p(const std::string& s) {
+  if (s.empty() || is_none(s)) return {};
+  std::vector<float> out;
+  for (const std::string& piece : split_commas(s)) {
+    char* end = nullptr;
+    double v = std::strtod(piece.c_str(), &end);
+    if (piece.empty() || *end != '\0')
+      usage_fail("--top-p '", s, "': expected a number in (0, 1], or P0,P1,... (one per depth), or none");
+    if (!(v > 0.0 && v <= 1.0)) usage_fail("--top-p ", piece, ": must be in (0, 1]");
+    out.push_back(float(v));
+  }
+  return out;
+}
+
+// The shortest decimal text that reads back as the same float.
+std::string number_text(float v) {
+  char buf[64];
+  for (int prec = 6; prec <= 9; ++prec) {
+    std::snprintf(buf, sizeof buf, "%.*g", prec, double(v));
+    if (std::strtof(buf, nullptr) == v) break;
+  }
+  return buf;
+}
+
+template <typename T>
+std::string list_text(const std::vector<T>& v) {
+  if (v.empty()) return "none";
+  std::string out;
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + number_text(float(v[i]));
+  return out;
+}
+
+}  // namespace
+
+void check_sampling_args(const SamplingArgs& a) {
+  parse_top_k(a.top_k);
+  parse_top_p(a.top_p);
+  if (!(std::isfinite(a.temperature) && a.temperature > 0))
+    usage_fail("--temperature ", a.temperature, ": must be a finite number > 0");
+  if (a.n < 1) usage_fail("-n ", a.n, ": must be at least 1 (pictures per prompt)");
+  if (a.n > 100000) usage_fail("-n ", a.n, ": at most 100000 pictures per prompt");
+  if (a.batch < 0) usage_fail("--batch ", a.batch, ": must be at least 1 (or 0 for all candidates at once)");
+  if (!std::isfinite(a.cfg)) usage_fail("--cfg ", a.cfg, ": must be a finite number");
+}
+
+SamplerSemantics semantics_of(const TextToImageModel& m) {
+  return m.stage2_config().is_rq() ? SamplerSemantics::RqTransformer : SamplerSemantics::MinDalle;
+}
+
+uint64_t random_seed() {
+  std::random_device rd;
+  uint64_t v = (uint64_t(rd()) << 32) ^ uint64_t(rd());
+  return v & ((uint64_t(1) << 53) - 1);
+}
+
+Sampling resolve_sampling(const SamplingArgs& a, const TextToImageModel& model) {
+  check_sampling_args(a);
+  Sampling s;
+  const bool rq = model.stage2_config().is_rq();
+  const int K = model.stage2_config().image_vocab_size();
+  s.sampler.temperature = float(a.temperature);
+  if (a.top_k.empty()) {
+    s.sampler.top_k = {rq ? 1024 : std::min(256, K)};
+  } else {
+    s.sampler.top_k = parse_top_k(a.top_k);
+  }
+  if (a.top_p.empty()) {
+    if (rq) s.sampler.top_p = {0.95f};
+  } else {
+    s.sampler.top_p = parse_top_p(a.top_p);
+  }
+  s.greedy = a.greedy;
+  s.cfg = float(a.cfg);
+  s.n = a.n;
+  s.batch = a.batch;
+  s.seed_random = !a.seed_given;
+  s.seed = a.seed_given ? a.seed : random_seed();
+  SamplerOptions check = s.sampler;
+  check.greedy = s.greedy;
+  const Shape cs = model.code_shape();
+  try {
+    validate_sampler_options(check, semantics_of(model), int(cs[2]), K);
+  } catch (const UsageError&) {
+    throw;
+  } catch (const Error& e) {
+    usage_fail(e.what());
+  }
+  if (s.cfg != 0.0f && model.stage2_config().text_length() == 0)
+    usage_fail("--cfg needs a text model; this one takes no text");
+  s.top_k_text = list_text(s.sampler.top_k);
+  s.top_p_text = list_text(s.sampler.top_p);
+  s.temperature_text = number_text(s.sampler.temperature);
+  s.cfg_text = number_text(s.cfg);
+  return s;
+}
+
+int sampling_steps(const TextToImageModel& model, const Sampling& s) {
+  const Shape cs = model.code_shape();
+  const int64_t per = s.batch > 0 ? std::min(s.batch, s.n) : s.n;
+  return int(cs[0] * cs[1] * cs[2] * ((s.n + per - 1) / per));
+}
+
+GenerateOptions generate_options(const Sampling& s, uint64_t seed) {
+  GenerateOptions g;
+  g.n_candidates = s.n;
+  g.seed = seed;
+  g.sampler = s.sampler;
+  g.sampler.greedy = s.greedy;
+  g.greedy = s.greedy;
+  g.cfg_scale = s.cfg;
+  g.batch = s.batch;
+  return g;
+}
+
+// ---- the model ----
+
+namespace {
+
+std::string executable_dir() {
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) return {};
+  return exe.parent_path().string();
+}
+
+}  // namespace
+
+std::string resolve_model_path(const std::string& given) {
+  if (!given.empty()) return given;
+  std::vector<std::string> tried;
+  if (const char* env = std::getenv("HWAGA_MODEL"); env && *env) {
+    if (fs::is_regular_file(env)) return env;
+    tried.push_back(std::string(env) + " ($HWAGA_MODEL)");
+  }
+  const std::string dir = executable_dir();
+  if (!dir.empty()) {
+    for (const char* rel : {"../samples/models/default.safetensors", "../share/hwaga/models/default.safetensors",
+                            "../../samples/models/default.safetensors"}) {
+      fs::path p = fs::path(dir) / rel;
+      std::error_code ec;
+      if (fs::is_regular_file(p, ec)) return p.lexically_normal().string();
+      tried.push_back(p.lexically_normal().string());
+    }
+  }
+  std::string list;
+  for (auto& t : tried) list += "\n  " + t;
+  fail("no -m MODEL given and the default model (samples/models/default.safetensors) was not found; looked in:",
+       list,
+       "\npass a model file with -m MODEL.safetensors (make one from released checkpoints with "
+       "`hwaga convert rq ...` or `hwaga convert mindalle ...`), or set HWAGA_MODEL");
+}
+
+LoadedModel load_text_model(const std::string& path, Backend& backend) {
+  LoadedModel m;
+  m.path = path;
+  m.file = read_model_file(path);
+  m.model = TextToImageModel::load(m.file, backend);
+  if (m.model->stage2_config().text_length() == 0)
+    fail(path, ": this ", m.model->kind(), " model takes no text (",
+         m.model->cond_vocab_size() > 1 ? "it is class-conditional" : "it is unconditional",
+         "); generate and gallery need a text-to-image model");
+  if (!m.model->has_tokenizer())
+    fail(path, ": no text tokenizer in the metadata (\"tokenizer\"); convert the model again with its vocabulary");
+  return m;
+}
+
+// ---- prompts ----
+
+std::vector<int32_t> prompt_ids(const TextTokenizer& tok, const std::string& prompt, const std::string& what,
+                                const std::string& warn_prefix) {
+  if (prompt.find_first_not_of(" \t\r\n\f\v") == std::string::npos)
+    usage_fail(what, " is empty (expected some text to draw)");
+  std::vector<int32_t> all;
+  try {
+    all = tok.encode_unpadded(prompt);
+  } catch (const Error& e) {
+    fail(what, ": ", e.what());
+  }
+  if (all.size() > size_t(tok.context_length))
+    std::fprintf(stderr, "%swarning: %s has %zu tokens; only the first %d fit the model's context, the rest is cut off\n",
+                 warn_prefix.c_str(), what.c_str(), all.size(), tok.context_length);
+  return pad_and_truncate(std::move(all), tok.context_length, tok.pad_id);
+}
+
+// ---- provenance ----
+
+std::vector<std::string> process_arguments() {
+  std::ifstream f("/proc/self/cmdline", std::ios::binary);
+  std::vector<std::string> out;
+  if (!f) return out;
+  std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::string cur;
+  for (char c : all) {
+    if (c == '\0') {
+      out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  if (!cur.empty()) out.push_back(cur);
+  return out;
+}
+
+std::map<std::string, std::string> picture_text(const std::string& prompt, const std::string& model_path,
+                                                const Sampling& s, uint64_t seed, int64_t candidate,
+                                                const std::string& command_line) {
+  std::vector<std::string> again = {"hwaga", "generate", "-m", model_path, "-p", prompt, "--seed",
+                                    std::to_string(seed), "-n", std::to_string(candidate + 1)};
+  if (s.greedy) {
+    again.push_back("--greedy");
+  } else {
+    again.insert(again.end(), {"--top-k", s.top_k_text, "--top-p", s.top_p_text, "--temperature", s.temperature_text});
+  }
+  if (s.cfg != 0.0f) again.insert(again.end(), {"--cfg", s.cfg_text});
+  return {
+      {"Software", software_string()},
+      {"Description", prompt},
+      {"hwaga.prompt", prompt},
+      {"hwaga.model", model_path},
+      {"hwaga.seed", std::to_string(seed)},
+      {"hwaga.candidate", std::to_string(candidate)},
+      {"hwaga.top_k", s.top_k_text},
+      {"hwaga.top_p", s.top_p_text},
+      {"hwaga.temperature", s.temperature_text},
+      {"hwaga.cfg", s.cfg_text},
+      {"hwaga.greedy", s.greedy ? "true" : "false"},
+      {"hwaga.version", kVersion},
+      {"hwaga.command", command_line},
+      {"hwaga.reproduce", join_command_line(again) + "   (the last picture is this one)"},
+  };
+}
+
+// ---- pictures ----
+
+std::vector<uint8_t> to_rgb8(const float* chw, int64_t H, int64_t W) {
+  std::vector<uint8_t> out(size_t(H * W * 3));
+  for (int64_t c = 0; c < 3; ++c)
+    for (int64_t i = 0; i < H * W; ++i) {
+      float x = chw[c * H * W + i];
+      if (std::isnan(x)) fail("picture has a NaN value (a broken model?)");
+      float v = std::clamp(x * 0.5f + 0.5f, 0.0f, 1.0f) * 255.0f + 0.5f;
+      out[size_t(i * 3 + c)] = uint8_t(std::min(255.0f, v));
+    }
+  return out;
+}
+
+}  // namespace hwaga::cli
