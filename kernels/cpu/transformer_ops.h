@@ -43,7 +43,7 @@ void linear_gemv(const float* x, const void* w, DType wtype, const float* b, flo
 void linear_gemm(const float* x, const void* w, DType wtype, const float* b, float* y, int64_t N, int64_t in,
                  int64_t out);
 // Rows up to which linear_forward takes the GEMV path.
-inline constexpr int64_t kLinearGemvMaxRows = 8;
+inline constexpr int64_t kLinearGemvMaxRows = 16;
 
 // Which GEMV code runs ("avx512" or "avx2"); `force` = "avx2" makes the AVX2 path run even on an
 // AVX-512 machine (tests), "" restores the automatic choice.
