@@ -263,6 +263,9 @@ HWAGA_AVX512 void tile_avx512(const float* x, const char* w, size_t row_bytes, c
     for (int n = 0; n < RN; ++n) xv[n] = _mm512_loadu_ps(x + n * in + i);
     HWAGA_UNROLL
     for (int r = 0; r < RO; ++r) {
+      // the same columns of the next tile's rows (the next RO weight rows, read next): the
+      // hardware prefetcher only ramps up on each short row stream after its first lines
+      _mm_prefetch(w + (RO + r) * row_bytes + size_t(i) * dtype_size(T), _MM_HINT_T1);
       const __m512 wv = load16<T>(w + r * row_bytes, i);
       HWAGA_UNROLL
       for (int n = 0; n < RN; ++n) acc[r][n] = _mm512_fmadd_ps(wv, xv[n], acc[r][n]);
