@@ -289,12 +289,71 @@ HWAGA_AVX512 void tile_avx512(const float* x, const char* w, size_t row_bytes, c
     for (int n = 0; n < RN; ++n) y[n * ldy + r] = hsum16(acc[r][n]) + (b ? b[r] : 0.0f);
 }
 
+// Many rows (4 < N <= kLinearGemvMaxRows, the candidates of one prompt): the 4x4 tiles above
+// would convert every weight vector once per group of 4 rows and stream the activations from
+// L2 per 4 weight rows, which makes them compute-bound (~2.5-5 GB/s per core at 16 rows).
+// Here a tile of 8 weight rows is converted to f32 once per chunk of KC columns into an L1
+// buffer, then multiplied against pairs of activation rows (8x2 accumulators); the partial
+// sums of all row pairs stay in `part` (L1) across the column chunks.
+template <DType T>
+HWAGA_AVX512 void tile8_many_avx512(const float* x, const char* w, size_t row_bytes, const float* b, float* y,
+                                    int64_t N, int64_t in, int64_t ldy) {
+  constexpr int RO = 8, RN = 2;
+  constexpr int64_t KC = 256;
+  alignas(64) float wf[RO][KC];
+  alignas(64) __m512 part[kLinearGemvMaxRows / RN][RO][RN];
+  const int64_t NG = (N + RN - 1) / RN;
+  for (int64_t k0 = 0; k0 < in; k0 += KC) {
+    const int64_t kn = std::min(KC, in - k0), nv = (kn + 15) / 16;
+    HWAGA_UNROLL
+    for (int r = 0; r < RO; ++r)
+      for (int64_t v = 0; v < nv; ++v) {
+        const int64_t left = kn - v * 16;
+        const __mmask16 m = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1u);
+        _mm512_store_ps(wf[r] + v * 16, load16_masked<T>(w + r * row_bytes, k0 + v * 16, m));
+      }
+    for (int64_t g = 0; g < NG; ++g) {
+      const float* x0 = x + (g * RN) * in + k0;
+      const float* x1 = g * RN + 1 < N ? x0 + in : x0;  // odd N: the last pair repeats its row
+      __m512 acc[RO][RN];
+      HWAGA_UNROLL
+      for (int r = 0; r < RO; ++r)
+        HWAGA_UNROLL
+        for (int n = 0; n < RN; ++n) acc[r][n] = k0 == 0 ? _mm512_setzero_ps() : part[g][r][n];
+      for (int64_t v = 0; v < nv; ++v) {
+        const int64_t left = kn - v * 16;
+        const __mmask16 m = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1u);
+        const __m512 xa = _mm512_maskz_loadu_ps(m, x0 + v * 16), xb = _mm512_maskz_loadu_ps(m, x1 + v * 16);
+        HWAGA_UNROLL
+        for (int r = 0; r < RO; ++r) {
+          const __m512 wv = _mm512_load_ps(wf[r] + v * 16);
+          acc[r][0] = _mm512_fmadd_ps(wv, xa, acc[r][0]);
+          acc[r][1] = _mm512_fmadd_ps(wv, xb, acc[r][1]);
+        }
+      }
+      HWAGA_UNROLL
+      for (int r = 0; r < RO; ++r)
+        HWAGA_UNROLL
+        for (int n = 0; n < RN; ++n) part[g][r][n] = acc[r][n];
+    }
+  }
+  for (int64_t g = 0; g < NG; ++g)
+    for (int n = 0; n < RN && g * RN + n < N; ++n)
+      for (int r = 0; r < RO; ++r) y[(g * RN + n) * ldy + r] = hsum16(part[g][r][n]) + (b ? b[r] : 0.0f);
+}
+
 template <DType T>
 HWAGA_AVX512 void gemv_range_avx512(const float* x, const void* w, const float* b, float* y, int64_t N, int64_t in,
                                     int64_t out, int64_t o0, int64_t o1) {
   const size_t rb = size_t(in) * dtype_size(T);
   const char* wb = static_cast<const char*>(w);
   int64_t o = o0;
+  if (N > 4) {  // blocks of up to kLinearGemvMaxRows rows (linear_gemv itself takes any N)
+    for (; o + 8 <= o1; o += 8)
+      for (int64_t n = 0; n < N; n += kLinearGemvMaxRows)
+        tile8_many_avx512<T>(x + n * in, wb + o * rb, rb, b ? b + o : nullptr, y + n * out + o,
+                             std::min(kLinearGemvMaxRows, N - n), in, out);
+  }
   for (; o + 4 <= o1; o += 4) {
     const float* bo = b ? b + o : nullptr;
     int64_t n = 0;
