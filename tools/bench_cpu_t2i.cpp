@@ -3,7 +3,7 @@
 //   bench_cpu_t2i membw [--mib 1024]
 //       this machine's read bandwidth: sum of a large f32 array with 1 and 2 threads
 //       ("RESULT what=membw threads=T gbs=G").
-//   bench_cpu_t2i gemv [--threads-list 1,2] [--rows 1,2,4,8,16]
+//   bench_cpu_t2i gemv [--threads-list 1,2] [--rows 1,2,4,8,16] [--isa avx2]
 //       linear_forward on bf16 [5120,1280] and [1280,5120] weights (a rotation of matrices larger
 //       than the L3, so the weights come from memory) at N activation rows
 //       ("RESULT what=gemv out=O in=I rows=N threads=T us=U gbs=G kernel=K").
@@ -89,6 +89,7 @@ int run_membw(int argc, char** argv) {
 int run_gemv(int argc, char** argv) {
   const std::vector<int> threads = int_list(arg(argc, argv, "--threads-list", "1,2"));
   const std::vector<int> rows = int_list(arg(argc, argv, "--rows", "1,2,4,8,16"));
+  cpu::linear_gemv_force_isa(arg(argc, argv, "--isa", "").c_str());  // e.g. avx2 on an AVX-512 machine
   const std::pair<int64_t, int64_t> shapes[] = {{5120, 1280}, {1280, 5120}};
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> U(-1, 1);

@@ -174,6 +174,7 @@ void tile_avx2(const float* x, const char* w, size_t row_bytes, const float* b, 
     for (int n = 0; n < RN; ++n) xv[n] = _mm256_loadu_ps(x + n * in + i);
     HWAGA_UNROLL
     for (int r = 0; r < RO; ++r) {
+      _mm_prefetch(w + (RO + r) * row_bytes + size_t(i) * dtype_size(T), _MM_HINT_T1);  // as tile_avx512
       const __m256 wv = load8<T>(w + r * row_bytes, i);
       HWAGA_UNROLL
       for (int n = 0; n < RN; ++n) acc[r][n] = _mm256_fmadd_ps(wv, xv[n], acc[r][n]);
