@@ -16,6 +16,7 @@
 #include "text/charbpe.h"
 #include "text/normalizer.h"
 #include "text/text_tokenizer.h"
+#include "test_util.h"
 
 using namespace hwaga;
 namespace fs = std::filesystem;
@@ -44,31 +45,9 @@ std::vector<nlohmann::json> read_jsonl(const std::string& path) {
 
 std::u32string U(const char* utf8) { return text::utf8_decode(utf8); }
 
-// Runs f and returns the hwaga::Error message ("" if none was thrown).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;  // "" if no hwaga::Error was thrown
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("hwaga_charbpe_" + std::to_string(::getpid()) + "_" +
-                                        std::to_string(std::rand()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string write(const std::string& name, const std::string& content) const {
-    std::ofstream f(path / name, std::ios::binary);
-    f << content;
-    return (path / name).string();
-  }
-};
+using test::TempDir;
 
 // A tiny vocabulary: [PAD] [UNK] a b c a</w> b</w> c</w> ab ab</w> abc</w>.
 const char* kTinyVocab =

@@ -14,18 +14,14 @@
 #include "backend/backend.h"
 #include "core/threads.h"
 #include "kernels/cpu/norm.h"
+#include "test_util.h"
 
 using namespace hwaga;
 
 namespace {
 
-Tensor randn(Shape s, uint32_t seed, float scale = 1.0f, float offset = 0.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  Tensor t = Tensor::empty(std::move(s));
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = offset + scale * nd(rng);
-  return t;
-}
+using test::expect_close;
+using test::randn;
 
 Tensor randint(Shape s, uint32_t seed, int lo, int hi) {  // f32 tensor of integers in [lo, hi]
   std::mt19937 rng(seed);
@@ -33,18 +29,6 @@ Tensor randint(Shape s, uint32_t seed, int lo, int hi) {  // f32 tensor of integ
   Tensor t = Tensor::empty(std::move(s));
   for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = float(ud(rng));
   return t;
-}
-
-void expect_close(const Tensor& got, const std::vector<double>& want, double atol, double rtol, const char* what) {
-  ASSERT_EQ(got.numel(), int64_t(want.size())) << what;
-  int bad = 0;
-  for (int64_t i = 0; i < got.numel(); ++i) {
-    const double g = got.f32()[i], w = want[size_t(i)];
-    if (!(std::fabs(g - w) <= atol + rtol * std::fabs(w))) {
-      if (++bad <= 5) ADD_FAILURE() << what << ": element " << i << " got " << g << " want " << w;
-    }
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " elements out of tolerance";
 }
 
 class CpuOps : public ::testing::TestWithParam<int> {  // parameter: thread count

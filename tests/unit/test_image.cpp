@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "io/image.h"
+#include "test_util.h"
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
@@ -30,23 +31,11 @@ using namespace hwaga;
 
 namespace {
 
-class ImageTest : public ::testing::Test {
+using test::read_bytes;
+using test::write_bytes;
+
+class ImageTest : public test::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "hwaga-img-XXXXXX").string();
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-    dir = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir); }
-  std::string p(const std::string& name) const { return (fs::path(dir) / name).string(); }
-  std::string read_bytes(const std::string& path) const {
-    std::ifstream f(path, std::ios::binary);
-    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  }
-  void write_bytes(const std::string& path, const std::string& bytes) const {
-    std::ofstream f(path, std::ios::binary);
-    f.write(bytes.data(), std::streamsize(bytes.size()));
-  }
   // A w x h PNG with `channels` channels from f(x, y, c), written by stb_image_write.
   std::string make_png(const std::string& name, int w, int h, int channels,
                        const std::function<int(int, int, int)>& f) const {
@@ -64,7 +53,6 @@ class ImageTest : public ::testing::Test {
     std::sort(v.begin(), v.end());
     return v;
   }
-  std::string dir;
 };
 
 std::string error_of(const std::function<void()>& f) {

@@ -14,25 +14,17 @@
 
 #include "core/error.h"
 #include "io/npy.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace hwaga;
 
 namespace {
 
-class NpyTest : public ::testing::Test {
+using test::write_bytes;
+
+class NpyTest : public test::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "hwaga-npy-XXXXXX").string();
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-    dir = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir); }
-  std::string p(const std::string& name) const { return (fs::path(dir) / name).string(); }
-  void write_bytes(const std::string& path, const std::string& bytes) const {
-    std::ofstream f(path, std::ios::binary);
-    f.write(bytes.data(), std::streamsize(bytes.size()));
-  }
   // Runs a Python snippet with numpy imported as np and D = this test's folder; returns its rc.
   int python(const std::string& code) const {
     write_bytes(p("snippet.py"), "import sys\nimport numpy as np\nD = sys.argv[1]\n" + code + "\n");
@@ -49,7 +41,6 @@ class NpyTest : public ::testing::Test {
     out.append(reinterpret_cast<const char*>(&n), major == 1 ? 2 : 4);
     return out + h + data;
   }
-  std::string dir;
 };
 
 std::string error_of(const std::function<void()>& f) {

@@ -17,29 +17,18 @@
 #include "io/atomic_file.h"
 #include "io/mapped_file.h"
 #include "io/safetensors.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace hwaga;
 
 namespace {
 
-class SafetensorsTest : public ::testing::Test {
+using test::read_bytes;
+using test::write_bytes;
+
+class SafetensorsTest : public test::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "hwaga-st-XXXXXX").string();
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-    dir = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir); }
-  std::string p(const std::string& name) const { return (fs::path(dir) / name).string(); }
-  void write_bytes(const std::string& path, const std::string& bytes) const {
-    std::ofstream f(path, std::ios::binary);
-    f.write(bytes.data(), std::streamsize(bytes.size()));
-  }
-  std::string read_bytes(const std::string& path) const {
-    std::ifstream f(path, std::ios::binary);
-    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  }
   // A safetensors file from a raw header text and `data_size` zero bytes of data; `n_override`
   // replaces the header length field.
   std::string st_bytes(const std::string& header, size_t data_size, int64_t n_override = -1) const {
@@ -53,7 +42,6 @@ class SafetensorsTest : public ::testing::Test {
     for (auto& e : fs::directory_iterator(dir)) v.push_back(e.path().filename().string());
     return v;
   }
-  std::string dir;
 };
 
 Tensor iota_f32(Shape s) {

@@ -24,6 +24,7 @@
 #include "core/error.h"
 #include "sample/rng.h"
 #include "sample/sampler.h"
+#include "test_util.h"
 
 using namespace hwaga;
 namespace fs = std::filesystem;
@@ -49,19 +50,7 @@ RowFilter filt(float t, int k, float p, bool rq) {
   return f;
 }
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "hwaga-sampler-XXXXXX").string();
-    char* p = mkdtemp(tmpl.data());
-    if (!p) throw std::runtime_error("mkdtemp failed");
-    path = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using test::TempDir;
 
 template <typename T>
 void write_raw(const fs::path& p, const std::vector<T>& v) {

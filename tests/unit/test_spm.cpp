@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "text/spm_tokenizer.h"
 #include "text/text_tokenizer.h"
+#include "test_util.h"
 
 using namespace hwaga;
 
@@ -39,15 +40,7 @@ const SpmTokenizer& trained() {
   return *tok;
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;  // "" if no hwaga::Error was thrown
 
 }  // namespace
 

@@ -32,6 +32,7 @@
 #include "nn/stage1_config.h"
 #include "rq/rqvae.h"
 #include "vqgan/vqgan.h"
+#include "test_util.h"
 
 using namespace hwaga;
 namespace fs = std::filesystem;
@@ -40,17 +41,9 @@ namespace {
 
 const std::string kRef = std::string(HWAGA_SOURCE_DIR) + "/tests/parity/torch_ref/";
 
-std::string read_all(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error("cannot read " + path);
-  std::ostringstream os;
-  os << f.rdbuf();
-  return os.str();
-}
-
 // ---- a minimal safetensors reader (independent of src/io) ----
 SafetensorsFile read_st(const std::string& path) {
-  std::string bytes = read_all(path);
+  std::string bytes = test::read_all(path);
   auto buf = std::make_shared<Tensor>(Tensor::empty({int64_t(bytes.size())}, DType::U8));
   std::memcpy(buf->data(), bytes.data(), bytes.size());
   uint64_t n;
@@ -85,44 +78,6 @@ void write_npy(const std::string& path, const Tensor& t) {
   f.write(static_cast<const char*>(t.data()), std::streamsize(t.nbytes()));
 }
 
-// Reads <f4 or <i8 (-> int32) arrays.
-Tensor read_npy(const std::string& path) {
-  std::string b = read_all(path);
-  uint16_t len;
-  std::memcpy(&len, b.data() + 8, 2);
-  std::string hdr = b.substr(10, len);
-  Shape s;
-  size_t p = hdr.find("'shape': (") + 10;
-  while (hdr[p] != ')') {
-    if (isdigit(hdr[p])) {
-      size_t e;
-      s.push_back(std::stoll(hdr.substr(p), &e));
-      p += e;
-    } else {
-      ++p;
-    }
-  }
-  const char* data = b.data() + 10 + len;
-  if (hdr.find("<f4") != std::string::npos) {
-    Tensor t = Tensor::empty(s);
-    std::memcpy(t.data(), data, t.nbytes());
-    return t;
-  }
-  EXPECT_NE(hdr.find("<i8"), std::string::npos) << path << ": " << hdr;
-  Tensor t = Tensor::empty(s, DType::I32);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    int64_t v;
-    std::memcpy(&v, data + 8 * i, 8);
-    t.ptr<int32_t>()[i] = int32_t(v);
-  }
-  return t;
-}
-
-void run(const std::string& cmd) {
-  int rc = std::system((cmd + " > /dev/null").c_str());
-  ASSERT_EQ(rc, 0) << "command failed: " << cmd;
-}
-
 struct Case {
   std::string name, kind, variant;
   int n_embed;
@@ -136,11 +91,8 @@ struct Fixture {
 };
 
 std::string fixture_root() {
-  std::string scripts = read_all(kRef + "taming_ref.py") + read_all(kRef + "make_checkpoint.py") +
-                        read_all(kRef + "run_reference.py");
-  std::ostringstream os;
-  os << HWAGA_BINARY_DIR << "/test_fixtures/stage1-" << std::hex << std::hash<std::string>{}(scripts);
-  return os.str();
+  return test::fixture_cache_dir("stage1",
+                                 {kRef + "taming_ref.py", kRef + "make_checkpoint.py", kRef + "run_reference.py"});
 }
 
 class Stage1Models : public ::testing::TestWithParam<Case> {
@@ -159,28 +111,21 @@ class Stage1Models : public ::testing::TestWithParam<Case> {
     const int64_t h = c.kind == "rq-vae" ? 8 : 16, D = c.kind == "rq-vae" ? 4 : 1;
     f.codes_in = Tensor::empty({3, h, h, D}, DType::I32);
     for (int64_t i = 0; i < f.codes_in.numel(); ++i) f.codes_in.ptr<int32_t>()[i] = int32_t(rng() % c.n_embed);
-    if (!fs::exists(f.dir + "/DONE")) {
-      // Made in a private folder and renamed into place, so parallel ctest processes do not clash.
-      const std::string tmp = f.dir + ".tmp-" + std::to_string(getpid());
-      fs::create_directories(tmp);
+    test::make_fixture_once(f.dir, [&](const std::string& tmp) {
       const std::string py = "/usr/bin/python3 " + kRef;
-      run(py + "make_checkpoint.py --kind " + c.kind + " --size tiny --variant " + c.variant + " --n-embed " +
-          std::to_string(c.n_embed) + " --seed 3 --safetensors --out " + tmp);
-      if (HasFatalFailure()) return f;
+      test::run_quiet(py + "make_checkpoint.py --kind " + c.kind + " --size tiny --variant " + c.variant +
+                      " --n-embed " + std::to_string(c.n_embed) + " --seed 3 --safetensors --out " + tmp);
+      if (HasFatalFailure()) return;
       write_npy(tmp + "/images.npy", f.images);
       write_npy(tmp + "/codes_in.npy", f.codes_in);
-      run(py + "run_reference.py encode --ckpt " + tmp + " --kind " + c.kind + " --images-npy " + tmp +
-          "/images.npy --out " + tmp + "/codes.npy --dump-ze " + tmp + "/ze.npy --decode-codes " + tmp +
-          "/codes_in.npy --decode-out " + tmp + "/pixels.npy");
-      if (HasFatalFailure()) return f;
-      std::ofstream(tmp + "/DONE") << "ok\n";
-      std::error_code ec;
-      fs::rename(tmp, f.dir, ec);
-      if (ec) fs::remove_all(tmp);  // another process got there first
-    }
-    f.ref_codes = read_npy(f.dir + "/codes.npy");
-    f.ref_ze = read_npy(f.dir + "/ze.npy");
-    f.ref_pixels = read_npy(f.dir + "/pixels.npy");
+      test::run_quiet(py + "run_reference.py encode --ckpt " + tmp + " --kind " + c.kind + " --images-npy " + tmp +
+                      "/images.npy --out " + tmp + "/codes.npy --dump-ze " + tmp + "/ze.npy --decode-codes " + tmp +
+                      "/codes_in.npy --decode-out " + tmp + "/pixels.npy");
+    });
+    if (HasFatalFailure()) return f;
+    f.ref_codes = test::read_npy_ref(f.dir + "/codes.npy");
+    f.ref_ze = test::read_npy_ref(f.dir + "/ze.npy");
+    f.ref_pixels = test::read_npy_ref(f.dir + "/pixels.npy");
     return f;
   }
 

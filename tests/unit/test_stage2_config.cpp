@@ -22,30 +22,14 @@
 #include "nn/stage1_config.h"
 #include "transformer/presets.h"
 #include "transformer/stage2_config.h"
+#include "test_util.h"
 
 using namespace hwaga;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "hwaga-stage2-XXXXXX").string();
-    char* p = mkdtemp(tmpl.data());
-    if (!p) throw std::runtime_error("mkdtemp failed");
-    path = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string write(const std::string& name, const std::string& text) const {
-    std::ofstream f(path / name);
-    f << text;
-    return (path / name).string();
-  }
-};
+using test::TempDir;
 
 // Expects `fn` to throw hwaga::Error whose message contains every needle.
 template <typename Fn>

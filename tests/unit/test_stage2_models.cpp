@@ -36,6 +36,7 @@
 #include "io/safetensors.h"
 #include "transformer/presets.h"
 #include "transformer/text_to_image.h"
+#include "test_util.h"
 
 using namespace hwaga;
 namespace fs = std::filesystem;
@@ -45,55 +46,11 @@ namespace {
 const std::string kRef = std::string(HWAGA_SOURCE_DIR) + "/tests/parity/torch_ref/";
 const std::string kFixtures = std::string(HWAGA_SOURCE_DIR) + "/tests/unit/stage2_fixtures.py";
 
-std::string read_all(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error("cannot read " + path);
-  std::ostringstream os;
-  os << f.rdbuf();
-  return os.str();
-}
-
-// .npy v1.0 reader: <f4 -> f32, <i8 -> int32.
-Tensor read_npy(const std::string& path) {
-  std::string b = read_all(path);
-  uint16_t len;
-  std::memcpy(&len, b.data() + 8, 2);
-  std::string hdr = b.substr(10, len);
-  Shape s;
-  size_t p = hdr.find("'shape': (") + 10;
-  while (hdr[p] != ')') {
-    if (isdigit(hdr[p])) {
-      size_t e;
-      s.push_back(std::stoll(hdr.substr(p), &e));
-      p += e;
-    } else {
-      ++p;
-    }
-  }
-  const char* data = b.data() + 10 + len;
-  if (hdr.find("<f4") != std::string::npos) {
-    Tensor t = Tensor::empty(s);
-    std::memcpy(t.data(), data, t.nbytes());
-    return t;
-  }
-  EXPECT_NE(hdr.find("<i8"), std::string::npos) << path << ": " << hdr;
-  Tensor t = Tensor::empty(s, DType::I32);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    int64_t v;
-    std::memcpy(&v, data + 8 * i, 8);
-    t.ptr<int32_t>()[i] = int32_t(v);
-  }
-  return t;
-}
-
 std::string fixture_dir(const std::string& name) {
-  std::string scripts = read_all(kFixtures) + read_all(kRef + "rq_transformer_ref.py") +
-                        read_all(kRef + "mindalle_ref.py") + read_all(kRef + "make_stage2_checkpoint.py") +
-                        read_all(kRef + "make_checkpoint.py") + read_all(kRef + "sample_ref.py") +
-                        read_all(kRef + "taming_ref.py");
-  std::ostringstream os;
-  os << HWAGA_BINARY_DIR << "/test_fixtures/stage2-" << std::hex << std::hash<std::string>{}(scripts) << "/" << name;
-  return os.str();
+  return test::fixture_cache_dir("stage2", {kFixtures, kRef + "rq_transformer_ref.py", kRef + "mindalle_ref.py",
+                                            kRef + "make_stage2_checkpoint.py", kRef + "make_checkpoint.py",
+                                            kRef + "sample_ref.py", kRef + "taming_ref.py"}) +
+         "/" + name;
 }
 
 struct Case {
@@ -113,28 +70,16 @@ class Stage2Models : public ::testing::TestWithParam<Case> {
   Fixture fixture() {
     Fixture f;
     f.dir = fixture_dir(GetParam().name);
-    if (!fs::exists(f.dir + "/DONE")) {
-      // Made in a private folder and renamed into place, so parallel ctest processes do not clash.
-      const std::string tmp = f.dir + ".tmp-" + std::to_string(getpid());
-      fs::create_directories(tmp);
-      const std::string cmd = "/usr/bin/python3 " + kFixtures + " " + GetParam().name + " " + tmp + " > /dev/null";
-      const int rc = std::system(cmd.c_str());
-      if (rc != 0) {
-        fs::remove_all(tmp);
-        ADD_FAILURE() << "fixture command failed: " << cmd;
-        return f;
-      }
-      std::ofstream(tmp + "/DONE") << "ok\n";
-      std::error_code ec;
-      fs::rename(tmp, f.dir, ec);
-      if (ec) fs::remove_all(tmp);  // another process got there first
-    }
-    f.settings = nlohmann::json::parse(read_all(f.dir + "/settings.json"));
+    test::make_fixture_once(f.dir, [&](const std::string& tmp) {
+      test::run_quiet("/usr/bin/python3 " + kFixtures + " " + GetParam().name + " " + tmp);
+    });
+    if (HasFailure()) return f;
+    f.settings = nlohmann::json::parse(test::read_all(f.dir + "/settings.json"));
     f.text = f.settings["text"].get<std::vector<int32_t>>();
-    f.codes = read_npy(f.dir + "/codes.npy");
-    f.logits = read_npy(f.dir + "/logits.npy");
-    f.greedy = read_npy(f.dir + "/greedy.npy");
-    f.sampled = read_npy(f.dir + "/sampled.npy");
+    f.codes = test::read_npy_ref(f.dir + "/codes.npy");
+    f.logits = test::read_npy_ref(f.dir + "/logits.npy");
+    f.greedy = test::read_npy_ref(f.dir + "/greedy.npy");
+    f.sampled = test::read_npy_ref(f.dir + "/sampled.npy");
     return f;
   }
 

@@ -17,16 +17,14 @@
 #include "io/pickle.h"
 #include "io/torch_checkpoint.h"
 #include "io/zip_reader.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace hwaga;
 
 namespace {
 
-std::string read_file(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
+using test::read_bytes;  // "" if the file cannot be read
 
 // The fixtures are generated once per script version into the system temp folder and shared by
 // the test processes (ctest runs each case on its own): written to a private folder, then renamed
@@ -34,7 +32,7 @@ std::string read_file(const fs::path& p) {
 const fs::path& fixtures() {
   static const fs::path dir = [] {
     const fs::path script = fs::path(HWAGA_SOURCE_DIR) / "tests/unit/torch_fixtures.py";
-    const std::string text = read_file(script);
+    const std::string text = read_bytes(script);
     if (text.empty()) throw std::runtime_error("cannot read " + script.string());
     const fs::path final_dir = fs::temp_directory_path() /
         ("hwaga-torch-fixtures-" + std::to_string(getuid()) + "-" + std::to_string(std::hash<std::string>{}(text)));
@@ -56,7 +54,7 @@ const fs::path& fixtures() {
 std::string fx(const std::string& name) { return (fixtures() / name).string(); }
 
 const nlohmann::json& expected() {
-  static const nlohmann::json j = nlohmann::json::parse(read_file(fixtures() / "expected.json"));
+  static const nlohmann::json j = nlohmann::json::parse(read_bytes(fixtures() / "expected.json"));
   return j;
 }
 
@@ -208,7 +206,7 @@ TEST(TorchCheckpoint, BrokenFilesGiveClearErrors) {
 }
 
 TEST(TorchCheckpoint, TruncatedFilesNeverCrash) {
-  const std::string bytes = read_file(fx("plain.pt"));
+  const std::string bytes = read_bytes(fx("plain.pt"));
   ASSERT_GT(bytes.size(), 1000u);
   // Every strict prefix loses the end-of-central-directory record.
   for (size_t cut = 0; cut < bytes.size(); ++cut)
@@ -239,7 +237,7 @@ TEST(TorchCheckpoint, FlippedBytesNeverCrash) {
   }
   // Every byte of data.pkl flipped in turn (by 0x01 or 0xff), with the archive's CRC zeroed (which
   // skips the check).
-  std::string bytes = read_file(fx("plain.pt"));
+  std::string bytes = read_bytes(fx("plain.pt"));
   auto fb = FileBytes::copy(bytes.data(), bytes.size());
   ZipReader zip(fb, "plain.pt");
   const ZipEntry* e = zip.find("plain/data.pkl");
@@ -271,7 +269,7 @@ TEST(Pickle, PlainDataInEveryProtocol) {
   using pickle::Kind;
   for (int proto = 0; proto <= 5; ++proto) {
     SCOPED_TRACE("protocol " + std::to_string(proto));
-    std::string b = read_file(fixtures() / ("data_p" + std::to_string(proto) + ".pkl"));
+    std::string b = read_bytes(fixtures() / ("data_p" + std::to_string(proto) + ".pkl"));
     pickle::Pickle p = pickle::parse(reinterpret_cast<const uint8_t*>(b.data()), b.size(), "data.pkl");
     const pickle::Value* r = p.root();
     ASSERT_EQ(r->kind, Kind::Dict);

@@ -24,35 +24,19 @@
 #include "backend/backend.h"
 #include "core/threads.h"
 #include "kernels/cpu/transformer_ops.h"
+#include "test_util.h"
 
 using namespace hwaga;
 
 namespace {
 
-Tensor randn(Shape s, uint32_t seed, float scale = 1.0f, float offset = 0.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  Tensor t = Tensor::empty(std::move(s));
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = offset + scale * nd(rng);
-  return t;
-}
+using test::expect_close;
+using test::randn;
 
 Tensor ids(const std::vector<int32_t>& v) {
   Tensor t = Tensor::empty({int64_t(v.size())}, DType::I32);
   std::memcpy(t.data(), v.data(), v.size() * 4);
   return t;
-}
-
-void expect_close(const Tensor& got, const std::vector<double>& want, double atol, double rtol, const char* what) {
-  ASSERT_EQ(got.numel(), int64_t(want.size())) << what;
-  int bad = 0;
-  for (int64_t i = 0; i < got.numel(); ++i) {
-    const double g = got.f32()[i], w = want[size_t(i)];
-    if (!(std::fabs(g - w) <= atol + rtol * std::fabs(w))) {
-      if (++bad <= 5) ADD_FAILURE() << what << ": element " << i << " got " << g << " want " << w;
-    }
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " elements out of tolerance";
 }
 
 class TransformerOps : public ::testing::TestWithParam<int> {  // parameter: thread count
