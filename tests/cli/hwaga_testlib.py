@@ -7,12 +7,10 @@ reference scripts in tests/parity/torch_ref, run as separate processes with /usr
   HWAGA_SOURCE_DIR  the source tree (ctest sets it; defaults to this file's ../..)
 """
 import os
-import struct
 import subprocess
 import sys
 import time
 import unittest
-import zlib
 
 import numpy as np
 
@@ -20,6 +18,10 @@ SOURCE_DIR = os.environ.get("HWAGA_SOURCE_DIR") or os.path.abspath(os.path.join(
 HWAGA_BIN = os.environ.get("HWAGA_BIN") or os.path.join(SOURCE_DIR, "build", "hwaga")
 TORCH_REF = os.path.join(SOURCE_DIR, "tests", "parity", "torch_ref")
 PYTHON = "/usr/bin/python3"  # the interpreter with torch (not a pyenv one on PATH)
+
+sys.path.insert(0, TORCH_REF)
+import pngio  # noqa: E402  (PNG reader/writer shared with run_reference.py)
+from pngio import write_png  # noqa: E402,F401  (uint8 [H,W,3] + tEXt; used by the tests)
 
 
 # ---------------------------------------------------------------- running things
@@ -66,74 +68,12 @@ def checkpoint_file(ckpt_dir, kind):
 
 # ---------------------------------------------------------------- PNG (no PIL needed)
 
-def write_png(path, rgb, text=None):
-    """rgb: uint8 [H,W,3]. Filter type 0 on every row; tEXt chunks from `text`."""
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    h, w, c = rgb.shape
-    assert c == 3
-
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
-    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-    for k, v in (text or {}).items():
-        out += chunk(b"tEXt", k.encode("latin-1") + b"\x00" + v.encode("latin-1"))
-    out += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    with open(path, "wb") as f:
-        f.write(out)
-
-
 def read_png(path):
-    """Returns (uint8 [H,W,C], {tEXt key: value}) for 8-bit, non-interlaced gray/RGB/RGBA PNGs."""
-    data = open(path, "rb").read()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "%s: not a PNG" % path
-    pos, idat, text = 8, b"", {}
-    w = h = ctype = None
-    while pos < len(data):
-        n, tag = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + n]
-        crc = struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])[0]
-        assert zlib.crc32(tag + body) & 0xFFFFFFFF == crc, "%s: bad CRC in %s" % (path, tag)
-        pos += 12 + n
-        if tag == b"IHDR":
-            w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
-            assert depth == 8 and interlace == 0 and ctype in (0, 2, 6), "%s: unsupported PNG" % path
-        elif tag == b"IDAT":
-            idat += body
-        elif tag == b"tEXt":
-            k, v = body.split(b"\x00", 1)
-            text[k.decode("latin-1")] = v.decode("latin-1")
-        elif tag == b"IEND":
-            break
-    bpp = {0: 1, 2: 3, 6: 4}[ctype]
-    raw = zlib.decompress(idat)
-    stride = w * bpp
-    img = np.zeros((h, stride), dtype=np.uint8)
-    prev = np.zeros(stride, dtype=np.int32)
-    for y in range(h):
-        f = raw[y * (stride + 1)]
-        line = np.frombuffer(raw, dtype=np.uint8, count=stride, offset=y * (stride + 1) + 1).astype(np.int32)
-        cur = np.zeros(stride, dtype=np.int32)
-        if f in (0, 2):
-            cur = (line + (prev if f == 2 else 0)) & 255
-        else:  # Sub, Average, Paeth depend on the already decoded left neighbour
-            for x in range(stride):
-                a = cur[x - bpp] if x >= bpp else 0
-                b = prev[x]
-                c = prev[x - bpp] if x >= bpp else 0
-                if f == 1:
-                    pred = a
-                elif f == 3:
-                    pred = (a + b) // 2
-                else:
-                    p = a + b - c
-                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-                cur[x] = (line[x] + pred) & 255
-        img[y] = cur
-        prev = cur
-    return img.reshape(h, w, bpp), text
+    """Returns (uint8 [H,W,C], {tEXt key: value}); an unreadable PNG fails the test (AssertionError)."""
+    try:
+        return pngio.read_png(path)
+    except pngio.PngError as e:
+        raise AssertionError(str(e)) from None
 
 
 def test_picture(seed, size=256):

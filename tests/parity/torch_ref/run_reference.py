@@ -11,67 +11,26 @@ DIR/stage1_last.ckpt for minDALL-E's VQGAN).
 """
 import argparse
 import os
-import struct
 import sys
-import zlib
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pngio  # noqa: E402
 import taming_ref  # noqa: E402
 
 
 def read_png(path):
-    """Minimal PNG decoder (8-bit gray/RGB/RGBA, no interlace) -> uint8 [H,W,3]. No PIL here."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise SystemExit(f"{path}: not a PNG file")
-    pos, idat, w = 8, b"", None
-    while pos < len(data):
-        n, typ = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + n]
-        if typ == b"IHDR":
-            w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
-            if depth != 8 or interlace != 0 or ctype not in (0, 2, 6):
-                raise SystemExit(f"{path}: only 8-bit non-interlaced gray/RGB/RGBA PNGs are supported")
-        elif typ == b"IDAT":
-            idat += body
-        elif typ == b"IEND":
-            break
-        pos += 12 + n
-    ch = {0: 1, 2: 3, 6: 4}[ctype]
-    raw = zlib.decompress(idat)
-    stride = w * ch
-    out = np.zeros((h, stride), dtype=np.uint8)
-    prev = np.zeros(stride, dtype=np.int32)
-    for y in range(h):
-        ft = raw[y * (stride + 1)]
-        line = np.frombuffer(raw, dtype=np.uint8, count=stride, offset=y * (stride + 1) + 1).astype(np.int32)
-        cur = np.zeros(stride, dtype=np.int32)
-        for x in range(stride):
-            a = cur[x - ch] if x >= ch else 0
-            b = prev[x]
-            c = prev[x - ch] if x >= ch else 0
-            if ft == 0:
-                p = 0
-            elif ft == 1:
-                p = a
-            elif ft == 2:
-                p = b
-            elif ft == 3:
-                p = (a + b) // 2
-            else:
-                pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
-                p = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)
-            cur[x] = (line[x] + p) & 255
-        out[y] = cur
-        prev = cur
-    img = out.reshape(h, w, ch)
-    if ch == 1:
+    """A PNG (8-bit gray/RGB/RGBA, no interlace) -> uint8 [H,W,3]: gray repeated, alpha composited
+    on white as hwaga does."""
+    try:
+        img, _ = pngio.read_png(path)
+    except pngio.PngError as e:
+        raise SystemExit(str(e))
+    if img.shape[2] == 1:
         img = np.repeat(img, 3, axis=2)
-    if ch == 4:  # composite on white, as hwaga does
+    if img.shape[2] == 4:  # composite on white, as hwaga does
         a = img[..., 3:4].astype(np.float64) / 255.0
         img = np.round(img[..., :3] * a + 255.0 * (1 - a)).astype(np.uint8)
     return img
