@@ -55,14 +55,7 @@ class ImageTest : public test::TempDirTest {
   }
 };
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no hwaga::Error thrown>";
-}
+std::string error_of(const std::function<void()>& f) { return test::error_of(f, "<no hwaga::Error thrown>"); }
 
 // Output pixel (c, y, x) of a [3, S, S] tensor back in 0..255 units.
 float px255(const Tensor& t, int c, int y, int x) {

@@ -43,14 +43,7 @@ class NpyTest : public test::TempDirTest {
   }
 };
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no hwaga::Error thrown>";
-}
+std::string error_of(const std::function<void()>& f) { return test::error_of(f, "<no hwaga::Error thrown>"); }
 
 template <typename T>
 std::string raw(std::initializer_list<T> v) {

@@ -56,14 +56,7 @@ Tensor iota_typed(Shape s, DType d, int64_t start) {
   return t;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no hwaga::Error thrown>";
-}
+std::string error_of(const std::function<void()>& f) { return test::error_of(f, "<no hwaga::Error thrown>"); }
 
 TensorMap sample_tensors() {
   TensorMap m;

@@ -93,15 +93,15 @@ class TempDirTest : public ::testing::Test {
 
 // ---- errors ----
 
-// The message of the hwaga::Error that f throws, or "" if it throws none.
+// The message of the hwaga::Error that f throws, or `none` ("" by default) if it throws none.
 template <typename F>
-std::string error_of(F&& f) {
+std::string error_of(F&& f, const char* none = "") {
   try {
     f();
   } catch (const Error& e) {
     return e.what();
   }
-  return "";
+  return none;
 }
 
 // ---- Python references and the fixture cache ----
