@@ -192,19 +192,4 @@ Tensor RqTransformer::sample(const Tensor& cond, int64_t first, int64_t n, const
   return codes;
 }
 
-std::string RqTransformer::describe() const {
-  RqTransformerConfig c = cfg_;
-  Stage2Config s;
-  s.type = kStage2RqTransformer;
-  s.rq = c;
-  return describe_stage2_config(s);
-}
-
-int64_t RqTransformer::num_parameters() const {
-  Stage2Config s;
-  s.type = kStage2RqTransformer;
-  s.rq = cfg_;
-  return stage2_num_parameters(s);
-}
-
 }  // namespace hwaga

@@ -58,8 +58,6 @@ class RqTransformer final : public Stage2Model {
                 const std::function<void(int)>& step_done) override;
   Tensor logits_teacher_forced(const Tensor& cond, const Tensor& codes) override;
   int sampling_steps() const override { return cfg_.H() * cfg_.W() * cfg_.D(); }
-  std::string describe() const override;
-  int64_t num_parameters() const override;
 
  private:
   // s [R*L_c,C]: condition tokens of cond host int32 [R,L_c].

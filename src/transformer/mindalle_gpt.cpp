@@ -117,18 +117,4 @@ Tensor MindalleGpt::sample(const Tensor& cond, int64_t first, int64_t n, const G
   return codes;
 }
 
-std::string MindalleGpt::describe() const {
-  Stage2Config s;
-  s.type = kStage2MindalleGpt;
-  s.gpt = cfg_;
-  return describe_stage2_config(s);
-}
-
-int64_t MindalleGpt::num_parameters() const {
-  Stage2Config s;
-  s.type = kStage2MindalleGpt;
-  s.gpt = cfg_;
-  return stage2_num_parameters(s);
-}
-
 }  // namespace hwaga

@@ -42,8 +42,6 @@ class MindalleGpt final : public Stage2Model {
                 const std::function<void(int)>& step_done) override;
   Tensor logits_teacher_forced(const Tensor& cond, const Tensor& codes) override;
   int sampling_steps() const override { return cfg_.ctx_len_img; }
-  std::string describe() const override;
-  int64_t num_parameters() const override;
 
  private:
   // text tokens [R*L,C] for host int32 [R,L]

@@ -30,8 +30,6 @@ class Stage2Model {
   // cond host int32 [B,L], codes host int32 [B,h,w,D] -> host f32 logits [B,h,w,D,K].
   virtual Tensor logits_teacher_forced(const Tensor& cond, const Tensor& codes) = 0;
   virtual int sampling_steps() const = 0;  // h*w*D
-  virtual std::string describe() const = 0;
-  virtual int64_t num_parameters() const = 0;
 };
 
 // Turns one step's logits into one code per candidate: download, CFG mix, then the reference

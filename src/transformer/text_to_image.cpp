@@ -243,7 +243,7 @@ Tensor TextToImageModel::logits_teacher_forced(const std::vector<int32_t>& text_
 
 std::string TextToImageModel::describe() const {
   std::ostringstream os;
-  os << "stage 2: " << stage2_->describe() << "\n";
+  os << "stage 2: " << describe_stage2_config(stage2_cfg_) << "\n";
   os << "stage 1: " << stage1_->describe() << "\n";
   os << "text: ";
   if (stage2_cfg_.text_length() == 0) {
@@ -257,6 +257,6 @@ std::string TextToImageModel::describe() const {
   return os.str();
 }
 
-int64_t TextToImageModel::num_parameters() const { return stage2_->num_parameters() + stage1_->num_parameters(); }
+int64_t TextToImageModel::num_parameters() const { return stage2_num_parameters(stage2_cfg_) + stage1_->num_parameters(); }
 
 }  // namespace hwaga
