@@ -7,6 +7,8 @@
 // averages the covered area), clamped edges, result clamped to [0,255].
 #include "io/image.h"
 
+#include <limits>
+
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -192,7 +194,9 @@ DecodedImage decode_stb(const uint8_t* data, size_t n, const std::string& path) 
   int w = 0, h = 0, comp = 0;
   if (!stbi_info_from_memory(data, int(n), &w, &h, &comp))
     fail("cannot decode image ", path, ": ", stbi_failure_reason(), " (formats: PNG, JPEG, BMP, GIF)");
-  h = h < 0 ? -h : h;  // stb_image 2.27 reports top-down BMPs with a negative height
+  // stb_image 2.27 reports top-down BMPs with a negative height (INT_MIN maps to a size that
+  // check_dims refuses, since it cannot be negated).
+  if (h < 0) h = h == std::numeric_limits<int>::min() ? std::numeric_limits<int>::max() : -h;
   check_dims(w, h, path);  // before decoding
   DecodedImage img;
   img.px = std::unique_ptr<uint8_t, void (*)(void*)>(stbi_load_from_memory(data, int(n), &img.w, &img.h, &comp, 4),
