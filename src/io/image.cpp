@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <tuple>
 #include <vector>
 
 #include <jpeglib.h>  // after <cstdio>: it needs FILE
@@ -211,6 +212,12 @@ DecodedImage decode_stb(const uint8_t* data, size_t n, const std::string& path) 
 }  // namespace
 
 Tensor decode_image_for_model(const uint8_t* data, size_t n, int size, const std::string& path) {
+  return decode_image_for_model(data, n, size, path,
+                                [size](int rw, int rh) { return std::pair<int, int>((rw - size) / 2, (rh - size) / 2); });
+}
+
+Tensor decode_image_for_model(const uint8_t* data, size_t n, int size, const std::string& path,
+                              const CropChooser& crop) {
   if (size < 1 || size > kMaxImageSide) fail("load image ", path, ": target size ", size, " must be in [1, ", kMaxImageSide, "]");
   if (n > size_t(INT_MAX)) fail("cannot decode image ", path, ": file of ", n, " bytes is too large");
   const bool jpeg = n >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF;
@@ -240,7 +247,9 @@ Tensor decode_image_for_model(const uint8_t* data, size_t n, int size, const std
     // stbir_resize_subpixel samples the full-size resize shifted by the crop offset.
     const int64_t new_long = int64_t(size) * long_side / short_side;
     const int new_w = w >= h ? int(new_long) : size, new_h = w >= h ? size : int(new_long);
-    const int ox = (new_w - size) / 2, oy = (new_h - size) / 2;
+    const auto [ox, oy] = crop(new_w, new_h);
+    if (ox < 0 || oy < 0 || ox > new_w - size || oy > new_h - size)
+      fail("load image ", path, ": crop window at (", ox, ", ", oy, ") does not fit in ", new_w, " x ", new_h);
     resized.resize(size_t(size) * size_t(size) * 3);
     int ok = stbir_resize_subpixel(rgb.data(), w, h, 0, resized.data(), size, size, 0, STBIR_TYPE_FLOAT, 3,
                                    STBIR_ALPHA_CHANNEL_NONE, 0, STBIR_EDGE_CLAMP, STBIR_EDGE_CLAMP,
@@ -251,8 +260,9 @@ Tensor decode_image_for_model(const uint8_t* data, size_t n, int size, const std
     src = &resized;
     sw = size;
   } else {
-    x0 = (w - size) / 2;  // crop only (0 for a size x size input)
-    y0 = (h - size) / 2;
+    std::tie(x0, y0) = crop(w, h);  // crop only ({0, 0} for a size x size input)
+    if (x0 < 0 || y0 < 0 || x0 > w - size || y0 > h - size)
+      fail("load image ", path, ": crop window at (", x0, ", ", y0, ") does not fit in ", w, " x ", h);
   }
 
   // [H][W][3] 0..255 -> [3, size, size] in [-1, 1]

@@ -2,8 +2,10 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
+#include <utility>
 
 #include "core/tensor.h"
 
@@ -51,6 +53,13 @@ inline constexpr int kMaxImageSide = 16384;
 
 // load_image_for_model on encoded bytes already in memory; `path` names them in errors.
 Tensor decode_image_for_model(const uint8_t* data, size_t size, int size_px, const std::string& path);
+// The same with the crop window chosen by the caller (random crops for training, src/data):
+// after the short-side resize the picture is rw x rh (min(rw, rh) == size_px); crop(rw, rh)
+// returns the top-left corner {x0, y0} of the size_px x size_px window, which must lie in
+// [0, rw - size_px] x [0, rh - size_px]. The centre crop is {(rw - size_px)/2, (rh - size_px)/2}.
+using CropChooser = std::function<std::pair<int, int>(int rw, int rh)>;
+Tensor decode_image_for_model(const uint8_t* data, size_t size, int size_px, const std::string& path,
+                              const CropChooser& crop);
 // read_png_text on PNG bytes in memory. tEXt/zTXt values (Latin-1) and keys are returned as
 // UTF-8; iTXt values as stored (UTF-8). Also reads chunks after the image data.
 std::map<std::string, std::string> parse_png_text(const uint8_t* data, size_t size, const std::string& path);
