@@ -1,0 +1,319 @@
+// Training kernels of the taming conv net (see conv_ops.h). Legend as in the header; also
+// KK = kh*kw taps, CKK = Cin*KK rows of an unfolded input, L = columns of a chunk (images x Ho*Wo).
+#include "train/conv_ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/threads.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/gemm.h"
+
+namespace hwaga::train {
+
+// ---------------------------------------------------------------------------------------------
+// conv2d
+
+void conv2d_forward(const cpu::Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+  cpu::conv2d_forward(s, x, w, b, y);  // oneDNN direct / im2col: strict f32 direct sums
+}
+
+namespace {
+
+// col[(ci*kh + ki)*kw + kj][(i*Ho + oy)*Wo + ox] = x[b0+i, ci, oy*stride - pad_top + ki, ox*stride - pad_left + kj]
+// (0 outside), for the nb images from b0; col is [CKK, nb*Ho*Wo].
+void im2col(const cpu::Conv2dShape& s, const float* x, int64_t b0, int64_t nb, float* col) {
+  const int64_t Ho = s.Ho(), Wo = s.Wo(), HoWo = Ho * Wo, L = nb * HoWo;
+  parallel_for(nb * s.Cin, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i = t / s.Cin, ci = t % s.Cin;
+      const float* src = x + ((b0 + i) * s.Cin + ci) * s.H * s.W;
+      for (int64_t ki = 0; ki < s.kh; ++ki)
+        for (int64_t kj = 0; kj < s.kw; ++kj) {
+          float* dst = col + ((ci * s.kh + ki) * s.kw + kj) * L + i * HoWo;
+          for (int64_t oy = 0; oy < Ho; ++oy) {
+            const int64_t iy = oy * s.stride - s.pad_top + ki;
+            float* d = dst + oy * Wo;
+            if (iy < 0 || iy >= s.H) {
+              std::fill(d, d + Wo, 0.0f);
+              continue;
+            }
+            const float* row = src + iy * s.W;
+            for (int64_t ox = 0; ox < Wo; ++ox) {
+              const int64_t ix = ox * s.stride - s.pad_left + kj;
+              d[ox] = (ix >= 0 && ix < s.W) ? row[ix] : 0.0f;
+            }
+          }
+        }
+    }
+  });
+}
+
+// The adjoint of im2col: dx[b0+i] = fold(dcol) (overwritten).
+void col2im(const cpu::Conv2dShape& s, const float* dcol, int64_t b0, int64_t nb, float* dx) {
+  const int64_t Ho = s.Ho(), Wo = s.Wo(), HoWo = Ho * Wo, L = nb * HoWo;
+  parallel_for(nb * s.Cin, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i = t / s.Cin, ci = t % s.Cin;
+      float* dst = dx + ((b0 + i) * s.Cin + ci) * s.H * s.W;
+      std::fill(dst, dst + s.H * s.W, 0.0f);
+      for (int64_t ki = 0; ki < s.kh; ++ki)
+        for (int64_t kj = 0; kj < s.kw; ++kj) {
+          const float* src = dcol + ((ci * s.kh + ki) * s.kw + kj) * L + i * HoWo;
+          for (int64_t oy = 0; oy < Ho; ++oy) {
+            const int64_t iy = oy * s.stride - s.pad_top + ki;
+            if (iy < 0 || iy >= s.H) continue;
+            float* row = dst + iy * s.W;
+            const float* d = src + oy * Wo;
+            for (int64_t ox = 0; ox < Wo; ++ox) {
+              const int64_t ix = ox * s.stride - s.pad_left + kj;
+              if (ix >= 0 && ix < s.W) row[ix] += d[ox];
+            }
+          }
+        }
+    }
+  });
+}
+
+}  // namespace
+
+void conv2d_backward(const cpu::Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx,
+                     float* dw, float* db) {
+  const int64_t Ho = s.Ho(), Wo = s.Wo(), HoWo = Ho * Wo, CKK = s.Cin * s.kh * s.kw;
+  HWAGA_CHECK(Ho >= 1 && Wo >= 1, "conv2d_backward: empty output");
+  // Images per chunk: enough columns (>= 2048) for sgemm to be efficient on the small late
+  // layers, but the unfolded chunk kept under ~32 MB.
+  int64_t nb = std::max<int64_t>(1, 2048 / HoWo);
+  nb = std::min(nb, std::max<int64_t>(1, (int64_t(8) << 20) / std::max<int64_t>(1, CKK * HoWo)));
+  nb = std::min(nb, s.B);
+  std::vector<float> col(size_t(CKK * nb * HoWo)), dyc(size_t(s.Cout * nb * HoWo));
+  for (int64_t b0 = 0; b0 < s.B; b0 += nb) {
+    const int64_t n = std::min(nb, s.B - b0), L = n * HoWo;
+    // dyc [Cout, L]: the chunk's output gradients with images side by side
+    parallel_for(s.Cout, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t co = c0; co < c1; ++co)
+        for (int64_t i = 0; i < n; ++i)
+          std::memcpy(dyc.data() + co * L + i * HoWo, dy + ((b0 + i) * s.Cout + co) * HoWo, size_t(HoWo) * 4);
+    });
+    if (db)
+      parallel_for(s.Cout, 8, [&](int64_t c0, int64_t c1) {
+        for (int64_t co = c0; co < c1; ++co) {
+          const float* r = dyc.data() + co * L;
+          double acc = 0;
+          for (int64_t j = 0; j < L; ++j) acc += r[j];
+          db[co] += float(acc);
+        }
+      });
+    im2col(s, x, b0, n, col.data());
+    // dw [Cout, CKK] += dyc [Cout, L] . col^T [L, CKK]
+    cpu::sgemm(false, true, s.Cout, CKK, L, 1.0f, dyc.data(), L, col.data(), L, 1.0f, dw, CKK);
+    if (dx) {
+      // dcol [CKK, L] = w^T [CKK, Cout] . dyc [Cout, L]  (into col, no longer needed)
+      cpu::sgemm(true, false, CKK, L, s.Cout, 1.0f, w, CKK, dyc.data(), L, 0.0f, col.data(), L);
+      col2im(s, col.data(), b0, n, dx);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GroupNorm
+
+void group_norm_forward(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* rstd,
+                        int64_t B, int64_t C, int64_t N, int64_t G, float eps) {
+  HWAGA_CHECK(G > 0 && C % G == 0, "group_norm_forward: C ", C, " not divisible by ", G, " groups");
+  const int64_t Cg = C / G, M = Cg * N;
+  parallel_for(B * G, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* xs = x + t * M;
+      double s = 0;
+      for (int64_t i = 0; i < M; ++i) s += xs[i];
+      const double m = s / double(M);
+      double q = 0;
+      for (int64_t i = 0; i < M; ++i) q += (xs[i] - m) * (xs[i] - m);
+      const double r = 1.0 / std::sqrt(q / double(M) + double(eps));
+      mean[t] = float(m);
+      rstd[t] = float(r);
+      const int64_t g = t % G;
+      for (int64_t c = 0; c < Cg; ++c) {
+        const int64_t ch = g * Cg + c;
+        const float a = float(r) * gamma[ch], sh = beta[ch], mf = float(m);
+        const float* xc = xs + c * N;
+        float* yc = y + t * M + c * N;
+        for (int64_t i = 0; i < N; ++i) yc[i] = (xc[i] - mf) * a + sh;
+      }
+    }
+  });
+}
+
+void group_norm_backward(const float* x, const float* gamma, const float* mean, const float* rstd, const float* dy,
+                         float* dx, float* dgamma, float* dbeta, int64_t B, int64_t C, int64_t N, int64_t G) {
+  const int64_t Cg = C / G, M = Cg * N;
+  // per (b, c): sum dy * xhat and sum dy, reduced over b afterwards in a fixed order
+  std::vector<double> sa(size_t(B * C)), sb(size_t(B * C));
+  parallel_for(B * G, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / G, g = t % G;
+      const float m = mean[t], r = rstd[t];
+      double m1 = 0, m2 = 0;  // sums of gamma*dy and gamma*dy*xhat over the group
+      for (int64_t c = 0; c < Cg; ++c) {
+        const int64_t ch = g * Cg + c;
+        const float* xc = x + t * M + c * N;
+        const float* dc = dy + t * M + c * N;
+        double a = 0, s = 0;
+        for (int64_t i = 0; i < N; ++i) {
+          const double xh = double(xc[i] - m) * r;
+          a += dc[i] * xh;
+          s += dc[i];
+        }
+        sa[size_t(b * C + ch)] = a;
+        sb[size_t(b * C + ch)] = s;
+        m1 += gamma[ch] * s;
+        m2 += gamma[ch] * a;
+      }
+      const float f1 = float(m1 / double(M)), f2 = float(m2 / double(M));
+      for (int64_t c = 0; c < Cg; ++c) {
+        const int64_t ch = g * Cg + c;
+        const float gm = gamma[ch];
+        const float* xc = x + t * M + c * N;
+        const float* dc = dy + t * M + c * N;
+        float* o = dx + t * M + c * N;
+        for (int64_t i = 0; i < N; ++i) {
+          const float xh = (xc[i] - m) * r;
+          o[i] = r * (dc[i] * gm - f1 - xh * f2);
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double a = 0, s = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      a += sa[size_t(b * C + c)];
+      s += sb[size_t(b * C + c)];
+    }
+    dgamma[c] += float(a);
+    dbeta[c] += float(s);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SiLU, upsampling, add
+
+void silu_forward(const float* x, float* y, int64_t n) { cpu::silu_forward(x, y, n); }
+
+void silu_backward(const float* x, const float* dy, float* dx, int64_t n) {
+  parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float s = 1.0f / (1.0f + std::exp(-x[i]));
+      dx[i] = dy[i] * (s + x[i] * s * (1.0f - s));
+    }
+  });
+}
+
+void upsample_nearest2x_forward(const float* x, float* y, int64_t P, int64_t H, int64_t W) {
+  cpu::upsample_nearest2x_forward(x, y, P, H, W);
+}
+
+void upsample_nearest2x_backward(const float* dy, float* dx, int64_t P, int64_t H, int64_t W) {
+  parallel_for(P, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t i = 0; i < H; ++i) {
+        const float* r0 = dy + (p * 2 * H + 2 * i) * 2 * W;
+        const float* r1 = r0 + 2 * W;
+        float* o = dx + (p * H + i) * W;
+        for (int64_t j = 0; j < W; ++j) o[j] = (r0[2 * j] + r0[2 * j + 1]) + (r1[2 * j] + r1[2 * j + 1]);
+      }
+  });
+}
+
+void add_inplace(float* y, const float* x, int64_t n) {
+  parallel_for(n, 1 << 15, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) y[i] += x[i];
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// attention
+
+void attention_forward(const float* q, const float* k, const float* v, float* out, float* p, int64_t B, int64_t C,
+                       int64_t N) {
+  const float scale = 1.0f / std::sqrt(float(C));
+  parallel_for(B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const float *qb = q + b * C * N, *kb = k + b * C * N, *vb = v + b * C * N;
+      float* pb = p + b * N * N;
+      // scores [N,N] = q^T k / sqrt(C)  (nested in parallel_for: sgemm runs on this thread)
+      cpu::sgemm(true, false, N, N, C, scale, qb, N, kb, N, 0.0f, pb, N);
+      for (int64_t i = 0; i < N; ++i) {
+        float* r = pb + i * N;
+        const float mx = *std::max_element(r, r + N);
+        double sum = 0;
+        for (int64_t j = 0; j < N; ++j) {
+          r[j] = std::exp(r[j] - mx);
+          sum += r[j];
+        }
+        const float inv = float(1.0 / sum);
+        for (int64_t j = 0; j < N; ++j) r[j] *= inv;
+      }
+      // out [C,N] = v [C,N] . p^T
+      cpu::sgemm(false, true, C, N, N, 1.0f, vb, N, pb, N, 0.0f, out + b * C * N, N);
+    }
+  });
+}
+
+void attention_backward(const float* q, const float* k, const float* v, const float* p, const float* dout, float* dq,
+                        float* dk, float* dv, int64_t B, int64_t C, int64_t N) {
+  const float scale = 1.0f / std::sqrt(float(C));
+  parallel_for(B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> ds(size_t(N * N));
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t o = b * C * N;
+      const float* pb = p + b * N * N;
+      // dv [C,N] = dout [C,N] . p [N,N]
+      cpu::sgemm(false, false, C, N, N, 1.0f, dout + o, N, pb, N, 0.0f, dv + o, N);
+      // dp [N,N] = dout^T . v
+      cpu::sgemm(true, false, N, N, C, 1.0f, dout + o, N, v + o, N, 0.0f, ds.data(), N);
+      // ds = p * (dp - sum_j p dp) * scale
+      for (int64_t i = 0; i < N; ++i) {
+        float* r = ds.data() + i * N;
+        const float* pr = pb + i * N;
+        double dot = 0;
+        for (int64_t j = 0; j < N; ++j) dot += double(pr[j]) * r[j];
+        const float d = float(dot);
+        for (int64_t j = 0; j < N; ++j) r[j] = pr[j] * (r[j] - d) * scale;
+      }
+      // dq [C,N] = k . ds^T ; dk [C,N] = q . ds
+      cpu::sgemm(false, true, C, N, N, 1.0f, k + o, N, ds.data(), N, 0.0f, dq + o, N);
+      cpu::sgemm(false, false, C, N, N, 1.0f, q + o, N, ds.data(), N, 0.0f, dk + o, N);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// MSE
+
+double mse_forward_backward(const float* y, const float* t, float* dy, int64_t n, float scale) {
+  HWAGA_CHECK(n > 0, "mse: no values");
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(64, n / 4096));
+  std::vector<double> part(size_t(chunks), 0.0);
+  const float g = 2.0f * scale / float(n);
+  parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t i0 = n * c / chunks, i1 = n * (c + 1) / chunks;
+      double s = 0;
+      for (int64_t i = i0; i < i1; ++i) {
+        const float d = y[i] - t[i];
+        s += double(d) * d;
+        if (dy) dy[i] = g * d;
+      }
+      part[size_t(c)] = s;
+    }
+  });
+  double s = 0;
+  for (double v : part) s += v;  // fixed order: the same for any thread count
+  return s / double(n);
+}
+
+}  // namespace hwaga::train
