@@ -1,0 +1,515 @@
+// hwaga train --tokenizer STAGE1.safetensors --shards SPEC --config stage2.json
+//             --text-tokenizer bpe16k:VOCAB.json,MERGES.txt | spm:VOCAB_SIZE [--context N]
+//             --work-dir DIR --steps N [--batch B] [--lr 5e-4] [--warmup 0] [--min-lr 0]
+//             [--weight-decay 1e-4] [--dropout 0.1] [--clip 1.0] [--seed S]
+//             [--save-every N] [--sample-every N --sample-prompt P ...] [--stop-after K]
+//             [--resume] [--export model.safetensors [--export-dtype f32|bf16|f16]] [--threads N]
+//
+// Trains the text-conditioned RQ-Transformer (stage 2) on the CPU against a frozen stage-1
+// RQ-VAE (architecture.md §2, §6.2):
+//   1. every shard sample is encoded once with the stage-1 model into WORK/codes.safetensors
+//      (train/code_cache.h; reused while the shards and the stage-1 file are unchanged);
+//   2. the text tokenizer is the released CharBPE (bpe16k:...) or a SentencePiece model trained
+//      on all cached captions (spm:N; character coverage 1.0, so Hangul survives);
+//   3. steps: seeded batches (per-epoch permutation, one caption variant per sample and epoch),
+//      loss 0.9 image CE + 0.1 text CE, AdamW (β 0.9/0.95, decay on Linear weights only),
+//      warm-up + cosine, gradient clipping, residual dropout keyed by (seed, step);
+//   4. WORK/checkpoint.safetensors every --save-every steps, at the end, and on SIGINT/SIGTERM
+//      (then exit 130/143); WORK/train.jsonl one line per step; WORK/samples/*.png every
+//      --sample-every steps (each --sample-prompt with seed = its index).
+//
+// --steps is the length of the run (the cosine schedule ends there); --stop-after K stops this
+// invocation after K more steps (a checkpoint is written), and --resume continues from
+// WORK/checkpoint.safetensors with the settings it records (model, tokenizer, data, seed, batch;
+// the optimizer options may be given again to change them). A resumed run is bit for bit the
+// run that was never stopped.
+//
+// Exit codes: 0 done, 1 error (files, data, a config that does not pair with the stage-1 model
+// or the tokenizer), 2 bad option value, 128+signal when interrupted (after saving).
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli_util.h"
+#include "command.h"
+#include "core/error.h"
+#include "core/threads.h"
+#include "data/shard_dataset.h"
+#include "io/image.h"
+#include "io/safetensors.h"
+#include "progress.h"
+#include "rq/rqvae.h"
+#include "t2i_options.h"
+#include "text/charbpe.h"
+#include "text/spm_tokenizer.h"
+#include "train/checkpoint.h"
+#include "train/code_cache.h"
+#include "train/optim.h"
+#include "train/rq_transformer_trainer.h"
+#include "train/stage2_export.h"
+#include "train/train_log.h"
+
+namespace hwaga::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace hwaga::train;
+
+constexpr const char* kPrefix = "hwaga train: ";
+
+struct TrainCliOptions {
+  CommonOptions common;
+  std::string tokenizer, shards, config, text_tokenizer, work_dir, export_path, export_dtype = "f32";
+  int context = 0;
+  int64_t steps = 0, stop_after = 0, save_every = 0, sample_every = 0;
+  int batch = 8;
+  double lr = 5e-4, min_lr = 0.0, weight_decay = 1e-4, dropout = 0.1, clip = 1.0;
+  int64_t warmup = 0;
+  uint64_t seed = 0;
+  std::vector<std::string> sample_prompts;
+  bool resume = false;
+  std::string dump_step;  // hidden: the first step's batch, losses and gradients (parity tests)
+  CLI::App* app = nullptr;
+  bool given(const char* name) const { return app && app->count(name) > 0; }
+};
+
+void say(const std::string& s) { std::fprintf(stderr, "%s%s\n", kPrefix, s.c_str()); }
+
+// ---- the text tokenizer ----
+
+struct TextTokSpec {
+  std::string kind;  // "bpe16k" | "spm"
+  std::string vocab, merges;
+  int spm_vocab = 0;
+};
+
+TextTokSpec parse_text_tokenizer(const std::string& s) {
+  TextTokSpec t;
+  const size_t colon = s.find(':');
+  const std::string kind = s.substr(0, colon), rest = colon == std::string::npos ? "" : s.substr(colon + 1);
+  if (kind == "bpe16k") {
+    const size_t comma = rest.find(',');
+    if (comma == std::string::npos || comma == 0 || comma + 1 == rest.size())
+      usage_fail("--text-tokenizer ", s, ": expected bpe16k:VOCAB.json,MERGES.txt");
+    t.kind = "bpe16k";
+    t.vocab = rest.substr(0, comma);
+    t.merges = rest.substr(comma + 1);
+  } else if (kind == "spm") {
+    try {
+      size_t used = 0;
+      t.spm_vocab = std::stoi(rest, &used);
+      if (used != rest.size()) throw std::invalid_argument("trailing text");
+    } catch (const std::exception&) {
+      usage_fail("--text-tokenizer ", s, ": expected spm:VOCAB_SIZE (an integer)");
+    }
+    if (t.spm_vocab < 3) usage_fail("--text-tokenizer ", s, ": the vocabulary needs at least 3 ids (pad, unk, one piece)");
+    t.kind = "spm";
+  } else {
+    usage_fail("--text-tokenizer ", s, ": expected bpe16k:VOCAB.json,MERGES.txt or spm:VOCAB_SIZE");
+  }
+  return t;
+}
+
+std::unique_ptr<TextTokenizer> make_text_tokenizer(const TextTokSpec& t, int context, const CodeCache& cache) {
+  if (t.kind == "bpe16k") return charbpe_from_files(t.vocab, t.merges, context);
+  std::vector<std::string> sentences;
+  for (auto& v : cache.captions)
+    for (auto& s : v) sentences.push_back(s);
+  SpmTrainOptions o;
+  o.vocab_size = t.spm_vocab;
+  o.context_length = context;
+  o.character_coverage = 1.0;
+  o.num_threads = 1;
+  say("training a SentencePiece tokenizer (" + std::to_string(t.spm_vocab) + " ids) on " +
+      std::to_string(sentences.size()) + " captions");
+  try {
+    return SpmTokenizer::train(sentences, o);
+  } catch (const Error& e) {
+    fail("--text-tokenizer spm:", t.spm_vocab, ": SentencePiece cannot make a vocabulary of ", t.spm_vocab, " ids from ",
+         sentences.size(), " captions (", e.what(), "); choose another VOCAB_SIZE");
+  }
+}
+
+// ---- config checks ----
+
+Stage2Config read_config_file(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) fail("--config: cannot read ", path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f);
+  } catch (const std::exception& e) {
+    fail(path, ": not valid JSON (", e.what(), ")");
+  }
+  if (j.is_object() && j.contains("stage2")) j = j["stage2"];
+  if (j.is_object() && !j.contains("type")) j["type"] = kStage2RqTransformer;
+  return stage2_config_from_json(j, path);
+}
+
+void check_pairing(const Stage2Config& c, const std::string& cfg_name, ImageTokenizer& s1, const std::string& s1_name,
+                   const Tensor& codebook, const TextTokenizer& tok, const std::string& tok_name) {
+  if (!c.is_rq())
+    fail(cfg_name, ": type \"", c.type, "\": hwaga train trains the RQ-Transformer only (type \"", kStage2RqTransformer,
+         "\")");
+  const RqTransformerConfig& r = c.rq;
+  if (!r.has_text())
+    fail(cfg_name, ": block_size_cond ", r.block_size_cond,
+         ": hwaga train trains text-conditioned models (block_size_cond = the text context, > 1)");
+  const Shape cs = s1.code_shape();
+  if (cs != Shape{r.H(), r.W(), r.D()})
+    fail(cfg_name, ": block_size ", shape_str(Shape{r.H(), r.W(), r.D()}), " differs from the codes of ", s1_name, ", ",
+         shape_str(cs));
+  if (s1.codebook_size() != r.vocab_size)
+    fail(cfg_name, ": vocab_size ", r.vocab_size, " differs from the codebook size of ", s1_name, ", ",
+         s1.codebook_size());
+  if (codebook.dim(1) != r.input_embed_dim)
+    fail(cfg_name, ": input_embed_dim ", r.input_embed_dim, " differs from the codebook vectors of ", s1_name, " (",
+         codebook.dim(1), " values)");
+  if (tok.vocab_size != r.vocab_size_cond)
+    fail(cfg_name, ": vocab_size_cond ", r.vocab_size_cond, " differs from the text tokenizer's vocabulary (", tok_name,
+         ": ", tok.vocab_size, " ids); set vocab_size_cond to ", tok.vocab_size);
+  if (tok.context_length != r.block_size_cond)
+    fail(cfg_name, ": block_size_cond ", r.block_size_cond, " differs from the text context (", tok.context_length,
+         " ids)");
+}
+
+// ---- samples ----
+
+void write_samples(const TrainCliOptions& opt, const std::string& work, int64_t step, const SafetensorsFile& s1file,
+                   const Stage2Config& cfg, const RqTransformerTrainer& tr, const TextSettings& text,
+                   const std::string& tok_json, Backend& be) {
+  const fs::path dir = fs::path(work) / "samples";
+  fs::create_directories(dir);
+  const std::string tmp = (dir / ".model-tmp.safetensors").string();
+  write_stage2_model(tmp, s1file, cfg, tr.params().values(), text, tok_json, DType::F32);
+  struct Cleanup {
+    std::string p;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove(p, ec);
+    }
+  } cleanup{tmp};
+  SafetensorsFile f = read_model_file(tmp);
+  auto model = TextToImageModel::load(f, be);
+  for (size_t i = 0; i < opt.sample_prompts.size(); ++i) {
+    SamplingArgs a;
+    a.seed = i;
+    a.seed_given = true;
+    const Sampling s = resolve_sampling(a, *model);
+    const std::vector<int32_t> ids = prompt_ids(model->tokenizer(), opt.sample_prompts[i], "--sample-prompt", kPrefix);
+    Tensor codes = model->generate_codes(ids, generate_options(s, s.seed));
+    Tensor x = model->decode(codes);
+    char name[64];
+    std::snprintf(name, sizeof name, "step%07lld-%02zu.png", (long long)step, i);
+    write_png((dir / name).string(), x.reshape({3, x.dim(2), x.dim(3)}),
+              {{"Software", software_string()}, {"Description", opt.sample_prompts[i]},
+               {"hwaga.step", std::to_string(step)}, {"hwaga.seed", std::to_string(i)}});
+  }
+}
+
+int run_train(TrainCliOptions opt) {
+  // ---- option values that can never work ----
+  if (opt.work_dir.empty()) usage_fail("--work-dir is required");
+  const std::string work = opt.work_dir;
+  const std::string ckpt_path = (fs::path(work) / "checkpoint.safetensors").string();
+  nlohmann::json rmeta;  // the resumed checkpoint's metadata
+  Checkpoint resumed;
+  if (opt.resume) {
+    if (!fs::exists(ckpt_path)) fail("--resume: there is no checkpoint in ", work, " (", ckpt_path, ")");
+    resumed = read_checkpoint(ckpt_path);
+    rmeta = resumed.meta;
+    if (rmeta.value("stage", std::string()) != kStage2RqTransformer)
+      fail(ckpt_path, ": a checkpoint of stage \"", rmeta.value("stage", std::string("?")), "\", not of \"",
+           kStage2RqTransformer, "\" (hwaga train-tokenizer writes stage-1 checkpoints)");
+    const nlohmann::json& o = rmeta["options"];
+    // the recorded settings, unless given again
+    auto take = [&](const char* flag, const char* key, auto& v) {
+      if (!opt.given(flag) && o.contains(key)) v = o[key].get<std::decay_t<decltype(v)>>();
+    };
+    take("--steps", "steps", opt.steps);
+    take("--lr", "lr", opt.lr);
+    take("--min-lr", "min_lr", opt.min_lr);
+    take("--warmup", "warmup", opt.warmup);
+    take("--weight-decay", "weight_decay", opt.weight_decay);
+    take("--dropout", "dropout", opt.dropout);
+    take("--clip", "clip", opt.clip);
+    take("--save-every", "save_every", opt.save_every);
+    take("--sample-every", "sample_every", opt.sample_every);
+    if (!opt.given("--sample-prompt") && o.contains("sample_prompts"))
+      opt.sample_prompts = o["sample_prompts"].get<std::vector<std::string>>();
+    for (auto [flag, key] : {std::pair{"--batch", "batch"}, std::pair{"--seed", "seed"}}) {
+      const bool same = std::string(key) == "batch" ? o.value(key, 0) == opt.batch : o.value(key, uint64_t(0)) == opt.seed;
+      if (opt.given(flag) && !same)
+        usage_fail(flag, " differs from the checkpoint's (", o[key].dump(),
+                   "); a resumed run keeps it (start a new --work-dir to change it)");
+    }
+    opt.batch = o.value("batch", opt.batch);
+    opt.seed = o.value("seed", opt.seed);
+  } else {
+    if (opt.tokenizer.empty()) usage_fail("--tokenizer STAGE1.safetensors is required (or --resume)");
+    if (opt.shards.empty()) usage_fail("--shards is required (or --resume)");
+    if (opt.config.empty()) usage_fail("--config stage2.json is required (or --resume)");
+    if (opt.text_tokenizer.empty()) usage_fail("--text-tokenizer is required (bpe16k:VOCAB.json,MERGES.txt or spm:N)");
+    if (fs::exists(ckpt_path))
+      usage_fail(work, " already holds a checkpoint; continue it with --resume or choose another --work-dir");
+  }
+  if (opt.steps < 1) usage_fail("--steps must be at least 1, got ", opt.steps);
+  if (opt.batch < 1) usage_fail("--batch must be at least 1, got ", opt.batch);
+  if (!(opt.lr > 0) || !std::isfinite(opt.lr)) usage_fail("--lr must be positive, got ", opt.lr);
+  if (!(opt.min_lr >= 0) || opt.min_lr > opt.lr) usage_fail("--min-lr must be in [0, --lr], got ", opt.min_lr);
+  if (opt.warmup < 0) usage_fail("--warmup must be >= 0, got ", opt.warmup);
+  if (!(opt.weight_decay >= 0)) usage_fail("--weight-decay must be >= 0, got ", opt.weight_decay);
+  if (!(opt.dropout >= 0 && opt.dropout < 1)) usage_fail("--dropout must be in [0, 1), got ", opt.dropout);
+  if (!(opt.clip >= 0)) usage_fail("--clip must be >= 0 (0 = no clipping), got ", opt.clip);
+  if (opt.save_every < 0 || opt.sample_every < 0 || opt.stop_after < 0)
+    usage_fail("--save-every, --sample-every and --stop-after must be >= 0");
+  if (opt.sample_every > 0 && opt.sample_prompts.empty())
+    usage_fail("--sample-every needs at least one --sample-prompt");
+  DType export_dtype = DType::F32;
+  try {
+    export_dtype = parse_dtype(opt.export_dtype, "--export-dtype");
+  } catch (const Error& e) {
+    usage_fail(e.what());
+  }
+  TextTokSpec tspec;
+  if (!opt.resume) tspec = parse_text_tokenizer(opt.text_tokenizer);
+  if (opt.context < 0) usage_fail("--context must be positive, got ", opt.context);
+
+  if (opt.common.device == "auto") opt.common.device = "cpu";  // training runs on the CPU
+  auto be = select_backend(opt.common);
+  fs::create_directories(work);
+
+  // ---- stage 1 ----
+  std::string s1path = opt.tokenizer;
+  FileFingerprint s1fp;
+  if (opt.resume) {
+    const FileFingerprint rec = fingerprint_from_json(rmeta.at("stage1"), ckpt_path + ": train.stage1");
+    if (s1path.empty()) s1path = rec.path;
+    if (!fs::exists(s1path))
+      fail("the stage-1 model ", s1path, " recorded in ", ckpt_path, " is gone; pass its new place with --tokenizer");
+    s1fp = fingerprint_file(s1path);
+    if (!s1fp.same_file_content(rec))
+      fail("the stage-1 model ", s1path, " differs from the one ", ckpt_path, " was trained with (size ", s1fp.size,
+           " vs ", rec.size, ", hash ", s1fp.hash, " vs ", rec.hash, ")");
+  } else {
+    s1fp = fingerprint_file(s1path);
+  }
+  SafetensorsFile s1file = read_model_file(s1path);
+  if (!model_config(s1file).contains("stage1")) fail(s1path, ": not an image tokenizer file (no config.stage1)");
+  std::unique_ptr<ImageTokenizer> stage1 = load_image_tokenizer(s1file, *be);
+  auto* rqvae = dynamic_cast<RQVAE*>(stage1.get());
+  if (!rqvae) fail(s1path, ": the stage-1 model is a ", stage1->kind(), "; the RQ-Transformer needs an rq-vae");
+  const Tensor codebook = be->download(rqvae->codebook());  // [K,E]
+
+  // ---- data: the code cache ----
+  std::vector<std::string> shards;
+  if (opt.resume) {
+    shards = rmeta.at("shards").get<std::vector<std::string>>();
+    if (!opt.shards.empty()) {
+      std::vector<std::string> given = data::expand_shards(opt.shards);
+      for (auto& s : given) s = fs::absolute(s).lexically_normal().string();
+      if (given != shards)
+        fail("--shards ", opt.shards, " lists other files than the checkpoint was trained on (", shards.size(),
+             " shards, first ", shards.empty() ? "" : shards[0], "); start a new --work-dir for other data");
+    }
+  } else {
+    shards = data::expand_shards(opt.shards);
+    for (auto& s : shards) s = fs::absolute(s).lexically_normal().string();
+  }
+  InterruptGuard guard;
+  CodeCacheOptions co;
+  co.shards = shards;
+  co.log = [](const std::string& s) { say(s); };
+  co.check_interrupt = [] { throw_if_interrupted(); };
+  const CodeCache cache =
+      load_or_build_code_cache((fs::path(work) / "codes.safetensors").string(), co, s1fp, *stage1);
+
+  // ---- text tokenizer and config ----
+  std::unique_ptr<TextTokenizer> tok;
+  Stage2Config cfg;
+  TextSettings text;
+  if (opt.resume) {
+    tok = text_tokenizer_from_json_text(rmeta.at("tokenizer").get<std::string>(), ckpt_path + ": train.tokenizer");
+    cfg = stage2_config_from_json(rmeta.at("config").at("stage2"), ckpt_path + ": train.config.stage2");
+    text.tokenizer = rmeta.at("config").at("text").at("tokenizer").get<std::string>();
+    text.context_length = rmeta.at("config").at("text").at("context_length").get<int>();
+  } else {
+    cfg = read_config_file(opt.config);
+    const int context = opt.context > 0 ? opt.context : (cfg.is_rq() ? cfg.rq.block_size_cond : 0);
+    if (context < 2)
+      fail(opt.config, ": block_size_cond ", context, ": hwaga train trains text-conditioned models (block_size_cond > 1)");
+    tok = make_text_tokenizer(tspec, context, cache);
+    text.tokenizer = tspec.kind;
+    text.context_length = context;
+  }
+  check_pairing(cfg, opt.resume ? ckpt_path : opt.config, *stage1, s1path, codebook, *tok,
+                opt.resume ? "the checkpoint's" : opt.text_tokenizer);
+  const std::string tok_json = tok->to_json();
+
+  // ---- model, optimizer, schedule ----
+  RqTrainerOptions to;
+  to.dropout = float(opt.dropout);
+  to.text_pad_id = tok->pad_id;
+  RqTransformerTrainer tr(cfg.rq, codebook, to);
+  AdamW adam(AdamWOptions{0.9f, 0.95f, 1e-8f, float(opt.weight_decay)});
+  int64_t start = 0;
+  if (opt.resume) {
+    restore_checkpoint(resumed, ckpt_path, tr.params(), &adam);
+    start = rmeta.at("step").get<int64_t>();
+    resumed = Checkpoint();
+  } else {
+    tr.init_weights(opt.seed);
+  }
+  LrSchedule sched;
+  sched.lr = float(opt.lr);
+  sched.min_lr = float(opt.min_lr);
+  sched.warmup = opt.warmup;
+  sched.total = opt.steps;
+  CodeBatcher batcher(cache, *tok, opt.seed);
+  const int64_t end = opt.stop_after > 0 ? std::min(opt.steps, start + opt.stop_after) : opt.steps;
+
+  nlohmann::json options = {{"steps", opt.steps},       {"batch", opt.batch},
+                            {"lr", opt.lr},             {"min_lr", opt.min_lr},
+                            {"warmup", opt.warmup},     {"weight_decay", opt.weight_decay},
+                            {"dropout", opt.dropout},   {"clip", opt.clip},
+                            {"seed", opt.seed},         {"save_every", opt.save_every},
+                            {"sample_every", opt.sample_every}, {"sample_prompts", opt.sample_prompts},
+                            {"betas", {0.9, 0.95}},     {"image_weight", to.image_weight},
+                            {"text_weight", to.text_weight}};
+  auto save = [&](int64_t step) {
+    const int64_t g = step * opt.batch;
+    nlohmann::json meta = {
+        {"stage", kStage2RqTransformer},
+        {"step", step},
+        {"config", {{"stage2", stage2_config_to_json(cfg)},
+                    {"text", {{"tokenizer", text.tokenizer}, {"context_length", text.context_length}}}}},
+        {"tokenizer", tok_json},
+        {"stage1", s1fp.to_json()},
+        {"shards", shards},
+        {"options", options},
+        {"data", {{"epoch", batcher.epoch_of(g)}, {"position", batcher.position_of(g)}, {"samples", cache.size()}}},
+    };
+    save_checkpoint(ckpt_path, tr.params(), &adam, {}, meta);
+  };
+
+  TrainLog log((fs::path(work) / "train.jsonl").string(), opt.resume ? start : -1);
+  log.event(opt.resume ? "resume" : "start",
+            {{"step", start},
+             {"params", tr.params().num_trainable()},
+             {"samples", cache.size()},
+             {"captions", cache.num_captions()},
+             {"config", describe_stage2_config(cfg)},
+             {"options", options}});
+  say(describe_stage2_config(cfg) + "; " + std::to_string(cache.size()) + " samples, " +
+      std::to_string(cache.num_captions()) + " captions; text " + tok->type() + " (" + std::to_string(tok->vocab_size) +
+      " ids, context " + std::to_string(tok->context_length) + ")");
+  if (start >= end) say("the checkpoint is already at step " + std::to_string(start) + " of " + std::to_string(opt.steps));
+
+  // ---- the loop ----
+  TrainProgress progress(kPrefix, start, opt.steps, "tok");
+  const double tokens_per_step = double(tr.targets_per_batch(opt.batch));
+  int64_t step = start;
+  int64_t last_saved = opt.resume ? start : -1;
+  for (; step < end; ++step) {
+    RqBatch b = batcher.batch(step, opt.batch);
+    tr.params().zero_grad();
+    const RqLoss l = tr.forward_backward(b, opt.seed, step);
+    if (!opt.dump_step.empty() && step == start) {
+      TensorMap dump = {{"text", b.text}, {"codes", b.codes}};
+      Tensor lv = Tensor::empty({3});
+      lv.f32()[0] = float(l.loss), lv.f32()[1] = float(l.image_loss), lv.f32()[2] = float(l.text_loss);
+      dump["loss"] = lv;
+      for (auto& p : tr.params().all()) dump["grad." + p->name] = p->grad.clone();
+      write_safetensors(opt.dump_step, dump, {{"step", std::to_string(step)}});
+    }
+    const double gnorm = tr.params().clip_grad_norm(float(opt.clip));
+    const float lr = sched.at(step);
+    adam.step(tr.params(), lr);
+    log.step({{"step", step + 1},
+              {"loss", l.loss},
+              {"image_loss", l.image_loss},
+              {"text_loss", l.text_loss},
+              {"grad_norm", gnorm},
+              {"lr", lr},
+              {"epoch", batcher.epoch_of(step * opt.batch)}});
+    char extra[96];
+    std::snprintf(extra, sizeof extra, "text %.3f  img %.3f", l.text_loss, l.image_loss);
+    progress.update(step, l.loss, lr, tokens_per_step, extra);
+    const int64_t done = step + 1;
+    if (interrupted()) {
+      ++step;
+      break;
+    }
+    if (opt.save_every > 0 && done % opt.save_every == 0 && done < end) {
+      save(done);
+      last_saved = done;
+      log.event("checkpoint", {{"step", done}, {"path", ckpt_path}});
+    }
+    if (opt.sample_every > 0 && done % opt.sample_every == 0) {
+      write_samples(opt, work, done, s1file, cfg, tr, text, tok_json, *be);
+      log.event("sample", {{"step", done}, {"prompts", opt.sample_prompts.size()}});
+    }
+  }
+  progress.finish();
+  if (step != last_saved) {
+    save(step);
+    log.event("checkpoint", {{"step", step}, {"path", ckpt_path}});
+  }
+  if (interrupted()) {
+    say("interrupted at step " + std::to_string(step) + "; saved " + ckpt_path + " (continue with --resume)");
+    log.event("end", {{"step", step}, {"interrupted", true}});
+    return 128 + interrupt_signal();
+  }
+  log.event("end", {{"step", step}});
+  std::printf("%s: step %lld/%lld\n", ckpt_path.c_str(), (long long)step, (long long)opt.steps);
+  if (!opt.export_path.empty())
+    std::printf("%s\n", export_stage2_checkpoint(ckpt_path, opt.export_path, export_dtype, s1path).c_str());
+  return 0;
+}
+
+Command reg("train", "Train the text-to-image transformer (stage 2) on tar shards", [](CLI::App& sub) {
+  auto opt = std::make_shared<TrainCliOptions>();
+  opt->app = &sub;
+  sub.add_option("--tokenizer", opt->tokenizer, "the stage-1 model file (hwaga convert rq-vae / train-tokenizer)");
+  sub.add_option("--shards", opt->shards, "tar shards: a folder, a list a.tar,b.tar, a range {00000..00009} or a glob");
+  sub.add_option("--config", opt->config, "stage-2 config JSON (the \"stage2\" object of a model file)");
+  sub.add_option("--text-tokenizer", opt->text_tokenizer, "bpe16k:VOCAB.json,MERGES.txt or spm:VOCAB_SIZE");
+  sub.add_option("--context", opt->context, "text ids per caption (default: the config's block_size_cond)");
+  sub.add_option("--work-dir", opt->work_dir, "folder for the code cache, checkpoint, log and samples")->required();
+  sub.add_option("--steps", opt->steps, "training steps in all (the schedule's length)");
+  sub.add_option("--stop-after", opt->stop_after, "stop this run after this many more steps (0 = run to --steps)");
+  sub.add_option("--batch", opt->batch, "samples per step (default 8)");
+  sub.add_option("--lr", opt->lr, "peak learning rate (default 5e-4)");
+  sub.add_option("--warmup", opt->warmup, "linear warm-up steps (default 0)");
+  sub.add_option("--min-lr", opt->min_lr, "learning rate at the end of the cosine (default 0)");
+  sub.add_option("--weight-decay", opt->weight_decay, "AdamW weight decay on Linear weights (default 1e-4)");
+  sub.add_option("--dropout", opt->dropout, "residual dropout (default 0.1)");
+  sub.add_option("--clip", opt->clip, "gradient-norm clip (default 1.0; 0 = off)");
+  sub.add_option("--seed", opt->seed, "seed of the init, data order, captions and dropout (default 0)");
+  sub.add_option("--save-every", opt->save_every, "checkpoint every N steps (0 = at the end only)");
+  sub.add_option("--sample-every", opt->sample_every, "write sample pictures every N steps (0 = never)");
+  sub.add_option("--sample-prompt", opt->sample_prompts, "a prompt for the sample pictures (repeatable)");
+  sub.add_flag("--resume", opt->resume, "continue WORK/checkpoint.safetensors");
+  sub.add_option("--export", opt->export_path, "write a model file for hwaga generate at the end");
+  sub.add_option("--export-dtype", opt->export_dtype, "stage-2 dtype of --export: f32, bf16 or f16 (default f32)");
+  sub.add_option("--dump-step", opt->dump_step, "")->group("");  // tests: the first step's gradients
+  add_common_options(sub, opt->common);
+  return [opt] {
+    try {
+      return run_train(*opt);
+    } catch (const UsageError& e) {
+      std::fprintf(stderr, "%serror: %s\n", kPrefix, e.what());
+      return 2;
+    } catch (const Error& e) {
+      if (!interrupted()) throw;
+      std::fprintf(stderr, "%s%s\n", kPrefix, e.what());
+      return 128 + interrupt_signal();
+    }
+  };
+});
+
+}  // namespace
+}  // namespace hwaga::cli

@@ -1,0 +1,287 @@
+#include "train/code_cache.h"
+
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "data/shard_dataset.h"
+#include "io/safetensors.h"
+#include "sample/rng.h"
+
+namespace hwaga::train {
+
+namespace {
+
+// Stream offsets that keep the permutation and caption draws apart from each other and from
+// the dropout streams (which use the training seed with (step << 16) | site).
+constexpr uint64_t kPermSeedMix = 0x7065726d75746531ull;     // "permute1"
+constexpr uint64_t kCaptionSeedMix = 0x6361707469306e31ull;  // "capti0n1"
+
+uint64_t mix64(uint64_t x) {  // splitmix64 finalizer
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+std::string hex64(uint64_t v) {
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", (unsigned long long)v);
+  return b;
+}
+
+nlohmann::json shard_list_json(const std::vector<std::string>& shards) {
+  nlohmann::json a = nlohmann::json::array();
+  for (const std::string& s : shards) {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(s, ec);
+    a.push_back({{"path", std::filesystem::absolute(s).lexically_normal().string()}, {"size", ec ? 0 : uint64_t(size)}});
+  }
+  return a;
+}
+
+}  // namespace
+
+int64_t CodeCache::num_captions() const {
+  int64_t n = 0;
+  for (auto& c : captions) n += int64_t(c.size());
+  return n;
+}
+
+FileFingerprint fingerprint_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail("cannot read ", path, " (to fingerprint it)");
+  FileFingerprint fp;
+  fp.path = std::filesystem::absolute(path).lexically_normal().string();
+  // 64-bit hash over 8-byte words: h = mix(h ^ word) per word, the tail zero-padded, the length
+  // folded in at the end. Not cryptographic: it tells a changed file from the recorded one.
+  uint64_t h = 0x6877616761ull, n = 0;
+  std::vector<char> buf(size_t(1) << 20);
+  while (f) {
+    f.read(buf.data(), std::streamsize(buf.size()));
+    const size_t got = size_t(f.gcount());
+    size_t i = 0;
+    for (; i + 8 <= got; i += 8) {
+      uint64_t w;
+      std::memcpy(&w, buf.data() + i, 8);
+      h = mix64(h ^ w) + 0x9e3779b97f4a7c15ull;
+    }
+    if (i < got) {
+      uint64_t w = 0;
+      std::memcpy(&w, buf.data() + i, got - i);
+      h = mix64(h ^ w) + 0x9e3779b97f4a7c15ull;
+    }
+    n += got;
+  }
+  fp.size = n;
+  fp.hash = hex64(mix64(h ^ n));
+  return fp;
+}
+
+FileFingerprint fingerprint_from_json(const nlohmann::json& j, const std::string& what) {
+  try {
+    FileFingerprint fp;
+    fp.path = j.at("path").get<std::string>();
+    fp.size = j.at("size").get<uint64_t>();
+    fp.hash = j.at("hash").get<std::string>();
+    return fp;
+  } catch (const nlohmann::json::exception& e) {
+    fail(what, ": expected {\"path\", \"size\", \"hash\"}, found ", j.dump(), " (", e.what(), ")");
+  }
+}
+
+std::vector<std::string> caption_variants(const std::string& caption, const std::string& json) {
+  std::vector<std::string> out{caption};
+  if (json.empty()) return out;
+  nlohmann::json j = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("captions") || !j["captions"].is_array()) return out;
+  for (const auto& c : j["captions"]) {
+    if (!c.is_string()) continue;
+    std::string s = c.get<std::string>();
+    const size_t b = s.find_first_not_of(" \t\r\n"), e = s.find_last_not_of(" \t\r\n");
+    if (b == std::string::npos) continue;
+    s = s.substr(b, e - b + 1);
+    if (std::find(out.begin(), out.end(), s) == out.end()) out.push_back(s);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- file
+
+void write_code_cache(const std::string& path, const CodeCache& c, const nlohmann::json& source) {
+  const int64_t N = c.size(), M = c.num_captions();
+  int64_t bytes = 0;
+  for (auto& v : c.captions)
+    for (auto& s : v) bytes += int64_t(s.size());
+  Tensor cb = Tensor::empty({bytes}, DType::U8), off = Tensor::empty({M + 1}, DType::I64),
+         first = Tensor::empty({N + 1}, DType::I64);
+  int64_t m = 0, o = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    first.ptr<int64_t>()[n] = m;
+    for (auto& s : c.captions[size_t(n)]) {
+      off.ptr<int64_t>()[m++] = o;
+      std::memcpy(cb.ptr<uint8_t>() + o, s.data(), s.size());
+      o += int64_t(s.size());
+    }
+  }
+  first.ptr<int64_t>()[N] = m;
+  off.ptr<int64_t>()[M] = o;
+  write_safetensors(path, {{"codes", c.codes}, {"captions.bytes", cb}, {"captions.offsets", off}, {"captions.first", first}},
+                    {{"format", kCodeCacheFormat}, {"version", "1"}, {"source", source.dump()}});
+}
+
+CodeCache read_code_cache(const std::string& path, nlohmann::json* source) {
+  SafetensorsFile f = read_safetensors(path);
+  auto fmt = f.metadata.find("format");
+  if (fmt == f.metadata.end() || fmt->second != kCodeCacheFormat)
+    fail(path, " is not a hwaga code cache (metadata format ",
+         fmt == f.metadata.end() ? std::string("missing") : "\"" + fmt->second + "\"", ", expected \"",
+         kCodeCacheFormat, "\")");
+  if (source) {
+    auto s = f.metadata.find("source");
+    *source = s == f.metadata.end() ? nlohmann::json() : nlohmann::json::parse(s->second, nullptr, false);
+  }
+  CodeCache c;
+  const Tensor& codes = get_tensor(f.tensors, "codes", path);
+  HWAGA_CHECK(codes.dtype() == DType::I32 && codes.ndim() == 4, path, ": codes must be int32 [N,h,w,D], found ",
+              dtype_name(codes.dtype()), " ", shape_str(codes.shape()));
+  c.codes = codes.clone();
+  const Tensor& bytes = get_tensor(f.tensors, "captions.bytes", path);
+  const Tensor& off = get_tensor(f.tensors, "captions.offsets", path);
+  const Tensor& first = get_tensor(f.tensors, "captions.first", path);
+  const int64_t N = c.size();
+  HWAGA_CHECK(bytes.dtype() == DType::U8 && off.dtype() == DType::I64 && first.dtype() == DType::I64 &&
+                  first.ndim() == 1 && first.dim(0) == N + 1 && off.ndim() == 1 && off.dim(0) >= 1,
+              path, ": caption tensors do not match ", N, " samples");
+  const int64_t M = off.dim(0) - 1;
+  const int64_t* o = off.ptr<int64_t>();
+  const int64_t* fi = first.ptr<int64_t>();
+  for (int64_t m = 0; m < M; ++m)
+    HWAGA_CHECK(o[m] >= 0 && o[m] <= o[m + 1] && o[m + 1] <= bytes.numel(), path, ": caption offset ", m, " is out of range");
+  c.captions.resize(size_t(N));
+  for (int64_t n = 0; n < N; ++n) {
+    HWAGA_CHECK(fi[n] >= 0 && fi[n] < fi[n + 1] && fi[n + 1] <= M, path, ": sample ", n, " has no caption range");
+    for (int64_t m = fi[n]; m < fi[n + 1]; ++m)
+      c.captions[size_t(n)].emplace_back(reinterpret_cast<const char*>(bytes.ptr<uint8_t>()) + o[m], size_t(o[m + 1] - o[m]));
+  }
+  return c;
+}
+
+CodeCache load_or_build_code_cache(const std::string& path, const CodeCacheOptions& opt,
+                                   const FileFingerprint& stage1_file, ImageTokenizer& stage1, bool* rebuilt) {
+  if (opt.shards.empty()) fail("no shards to encode");
+  const nlohmann::json source = {{"shards", shard_list_json(opt.shards)}, {"stage1", stage1_file.to_json()}};
+  auto log = [&](const std::string& s) {
+    if (opt.log) opt.log(s);
+  };
+  if (std::filesystem::exists(path)) {
+    nlohmann::json old;
+    try {
+      CodeCache c = read_code_cache(path, &old);
+      const Shape cs = stage1.code_shape();
+      if (old == source && Shape{c.codes.dim(1), c.codes.dim(2), c.codes.dim(3)} == cs) {
+        if (rebuilt) *rebuilt = false;
+        log("reusing " + path + " (" + std::to_string(c.size()) + " samples, " + std::to_string(c.num_captions()) +
+            " captions)");
+        return c;
+      }
+      log(path + " was made from other shards or another stage-1 model: encoding again");
+    } catch (const Error& e) {
+      log(std::string("cannot reuse ") + path + " (" + e.what() + "): encoding again");
+    }
+  }
+  if (rebuilt) *rebuilt = true;
+  data::ShardOptions so;
+  so.shards = opt.shards;
+  so.image_size = stage1.resolution();
+  so.random_crop = false;
+  so.flip = false;
+  so.shuffle_shards = false;
+  so.shuffle_buffer = 0;
+  const Shape cs = stage1.code_shape();
+  const int64_t per = cs[0] * cs[1] * cs[2];
+  const int64_t S = stage1.resolution();
+  std::vector<int32_t> codes;
+  CodeCache c;
+  std::vector<Tensor> pending;
+  auto flush = [&] {
+    if (pending.empty()) return;
+    Tensor x = Tensor::empty({int64_t(pending.size()), 3, S, S});
+    for (size_t i = 0; i < pending.size(); ++i)
+      std::memcpy(x.f32() + int64_t(i) * 3 * S * S, pending[i].f32(), size_t(3 * S * S) * sizeof(float));
+    Tensor k = stage1.encode(x);  // [b,h,w,D]
+    codes.insert(codes.end(), k.ptr<int32_t>(), k.ptr<int32_t>() + k.numel());
+    pending.clear();
+    if (c.captions.size() % 256 < size_t(opt.encode_batch))
+      log("encoded " + std::to_string(c.captions.size()) + " samples");
+    if (opt.check_interrupt) opt.check_interrupt();
+  };
+  data::DataStats st = data::for_each_sample(so, [&](data::Sample&& s) {
+    HWAGA_CHECK(s.image.numel() == 3 * S * S, "code cache: sample ", s.key, " of ", s.shard, " has image ",
+                shape_str(s.image.shape()), ", expected [3,", S, ",", S, "]");
+    c.captions.push_back(caption_variants(s.caption, s.json));
+    pending.push_back(std::move(s.image));
+    if (int(pending.size()) >= opt.encode_batch) flush();
+  });
+  flush();
+  const int64_t N = int64_t(c.captions.size());
+  if (N == 0) fail("no usable sample in the shards (", st.summary(), ")");
+  c.codes = Tensor::empty({N, cs[0], cs[1], cs[2]}, DType::I32);
+  std::memcpy(c.codes.data(), codes.data(), size_t(N * per) * sizeof(int32_t));
+  log("encoded " + std::to_string(N) + " samples (" + st.summary() + ")");
+  write_code_cache(path, c, source);
+  return c;
+}
+
+// ---------------------------------------------------------------- batches
+
+CodeBatcher::CodeBatcher(const CodeCache& cache, const TextTokenizer& tok, uint64_t seed)
+    : cache_(cache), tok_(tok), seed_(seed) {
+  HWAGA_CHECK(cache.size() > 0, "CodeBatcher: the code cache is empty");
+}
+
+const std::vector<int64_t>& CodeBatcher::permutation(int64_t epoch) {
+  if (epoch == perm_epoch_) return perm_;
+  const int64_t N = cache_.size();
+  perm_.resize(size_t(N));
+  for (int64_t i = 0; i < N; ++i) perm_[size_t(i)] = i;
+  Rng rng(seed_ ^ kPermSeedMix, uint64_t(epoch));
+  for (int64_t i = N - 1; i > 0; --i) {  // Fisher-Yates, j uniform in [0, i] (128-bit multiply, no modulo bias)
+    const int64_t j = int64_t((unsigned __int128)rng.next_u64() * uint64_t(i + 1) >> 64);
+    std::swap(perm_[size_t(i)], perm_[size_t(j)]);
+  }
+  perm_epoch_ = epoch;
+  return perm_;
+}
+
+int64_t CodeBatcher::sample_at(int64_t g) { return permutation(epoch_of(g))[size_t(position_of(g))]; }
+
+int CodeBatcher::caption_variant(int64_t epoch, int64_t sample) const {
+  const size_t n = cache_.captions[size_t(sample)].size();
+  if (n <= 1) return 0;
+  Rng rng(seed_ ^ kCaptionSeedMix, (uint64_t(epoch) << 32) | uint64_t(sample));
+  return int((unsigned __int128)rng.next_u64() * n >> 64);
+}
+
+RqBatch CodeBatcher::batch(int64_t step, int B) {
+  const Tensor& codes = cache_.codes;
+  const int64_t per = codes.dim(1) * codes.dim(2) * codes.dim(3), L = tok_.context_length;
+  RqBatch b;
+  b.codes = Tensor::empty({B, codes.dim(1), codes.dim(2), codes.dim(3)}, DType::I32);
+  b.text = Tensor::empty({B, L}, DType::I32);
+  for (int i = 0; i < B; ++i) {
+    const int64_t g = step * B + i, n = sample_at(g);
+    std::memcpy(b.codes.ptr<int32_t>() + i * per, codes.ptr<int32_t>() + n * per, size_t(per) * sizeof(int32_t));
+    const std::string& cap = cache_.captions[size_t(n)][size_t(caption_variant(epoch_of(g), n))];
+    std::vector<int32_t> ids = tok_.encode(cap);
+    std::memcpy(b.text.ptr<int32_t>() + i * L, ids.data(), size_t(L) * sizeof(int32_t));
+  }
+  return b;
+}
+
+}  // namespace hwaga::train

@@ -1,0 +1,100 @@
+// The stage-2 trainer's data: every shard sample encoded ONCE with the frozen stage-1 model and
+// kept with all its caption variants in WORK/codes.safetensors, then served in seeded batches.
+//
+// codes.safetensors (written atomically):
+//   tensors  "codes"            int32 [N,h,w,D]  the stage-1 codes of sample n (centre crop)
+//            "captions.bytes"   u8    [M_bytes]  every caption variant, UTF-8, concatenated
+//            "captions.offsets" i64   [M+1]      caption m = bytes[offsets[m], offsets[m+1])
+//            "captions.first"   i64   [N+1]      sample n's variants are captions first[n]..first[n+1]-1
+//   metadata "format" = "hwaga-codes", "version" = "1",
+//            "source" = JSON {"shards": [{"path", "size"}...], "stage1": {"path", "size", "hash"}}
+// It is reused when "source" equals what the current run would write (same shard files in the
+// same order with the same sizes, the same stage-1 file by size and content hash), else rebuilt.
+//
+// Caption variants of a sample: its .txt, then each string of the json's "captions" array that
+// differs from the ones before (the emoji data lists English and Korean captions there).
+//
+// Batches (CodeBatcher): the sample at global position g = step*B + i is perm_e[g mod N] with
+// e = g div N and perm_e a Fisher-Yates permutation from the Philox stream (seed, e); its caption
+// is variant Philox(seed', e*2^32 + n) mod n_variants of that sample, tokenized (truncated and
+// padded to the context). Everything depends on (seed, step) only: the data state of a
+// checkpoint is its step.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/tensor.h"
+#include "nn/image_tokenizer.h"
+#include "text/text_tokenizer.h"
+#include "train/rq_transformer_trainer.h"
+
+namespace hwaga::train {
+
+inline constexpr const char* kCodeCacheFormat = "hwaga-codes";
+
+struct CodeCache {
+  Tensor codes;  // int32 [N,h,w,D]
+  std::vector<std::vector<std::string>> captions;  // per sample, at least one
+  int64_t size() const { return codes.defined() ? codes.dim(0) : 0; }
+  int64_t num_captions() const;
+};
+
+// "size:hash" of a file's bytes (a 64-bit hash of the whole content, hex); throws naming the
+// file when it cannot be read.
+struct FileFingerprint {
+  std::string path;  // absolute
+  uint64_t size = 0;
+  std::string hash;  // 16 hex digits
+  nlohmann::json to_json() const { return {{"path", path}, {"size", size}, {"hash", hash}}; }
+  bool same_file_content(const FileFingerprint& o) const { return size == o.size && hash == o.hash; }
+};
+FileFingerprint fingerprint_file(const std::string& path);
+FileFingerprint fingerprint_from_json(const nlohmann::json& j, const std::string& what);
+
+// The caption variants of one sample (see above). Malformed json is ignored (the .txt stays).
+std::vector<std::string> caption_variants(const std::string& caption, const std::string& json);
+
+struct CodeCacheOptions {
+  std::vector<std::string> shards;  // expanded shard files, in order
+  int encode_batch = 8;             // pictures per stage-1 encode call
+  std::function<void(const std::string&)> log;  // progress lines ("" = quiet)
+  std::function<void()> check_interrupt;        // called between batches (may throw)
+};
+
+// Loads `path` when its source matches (shards + stage-1 fingerprint), else encodes every sample
+// of the shards with `stage1` (images at stage1.resolution(), centre crop) and writes `path`.
+// *rebuilt (optional) tells which happened. Errors name the shards or the cache file.
+CodeCache load_or_build_code_cache(const std::string& path, const CodeCacheOptions& opt,
+                                   const FileFingerprint& stage1_file, ImageTokenizer& stage1, bool* rebuilt = nullptr);
+
+// Reads a cache file (errors name it); `source` (optional) receives its "source" JSON.
+CodeCache read_code_cache(const std::string& path, nlohmann::json* source = nullptr);
+void write_code_cache(const std::string& path, const CodeCache& c, const nlohmann::json& source);
+
+// Seeded batches over a cache (see the header comment).
+class CodeBatcher {
+ public:
+  CodeBatcher(const CodeCache& cache, const TextTokenizer& tok, uint64_t seed);
+  // The batch of training step `step` (B samples: positions step*B .. step*B+B-1).
+  RqBatch batch(int64_t step, int B);
+  // Epoch and position in it of global position g.
+  int64_t epoch_of(int64_t g) const { return g / cache_.size(); }
+  int64_t position_of(int64_t g) const { return g % cache_.size(); }
+  // Sample index and caption variant at global position g.
+  int64_t sample_at(int64_t g);
+  int caption_variant(int64_t epoch, int64_t sample) const;
+
+ private:
+  const std::vector<int64_t>& permutation(int64_t epoch);
+  const CodeCache& cache_;
+  const TextTokenizer& tok_;
+  uint64_t seed_;
+  int64_t perm_epoch_ = -1;
+  std::vector<int64_t> perm_;
+};
+
+}  // namespace hwaga::train
