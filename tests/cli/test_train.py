@@ -1,0 +1,164 @@
+"""hwaga train / hwaga export end to end on tiny data (tests/parity/torch_ref/train_stage2_fixtures.py:
+a random 32x32 RQ-VAE model file, two shards of 8 captioned pictures with English and Korean
+caption variants, the tiny CharBPE vocabulary, a 2+1-layer C=32 RQ-Transformer config).
+
+Checks: the loss falls; 2 steps + --resume 2 steps == 4 steps bit for bit (checkpoint file and
+the per-step log); SIGTERM mid-run saves a loadable checkpoint, exits 143, and --resume goes on;
+the code cache is reused, and rebuilt when the shards change; --text-tokenizer spm:N trains a
+tokenizer that keeps Hangul; export -> generate paints a PNG; sample pictures; bad options and
+mismatched configs exit 1/2 with a message naming the problem.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hwaga_testlib import HWAGA_BIN, TORCH_REF, hwaga, main, read_png  # noqa: E402
+
+sys.path.insert(0, TORCH_REF)
+import train_stage2_fixtures as fx  # noqa: E402
+
+
+def losses(work):
+    with open(os.path.join(work, "train.jsonl")) as f:
+        return [json.loads(l) for l in f if l.strip() and '"loss"' in l]
+
+
+class TrainCli(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="hwaga_train_cli_")
+        d = cls.tmp
+        cls.s1 = fx.make_stage1(os.path.join(d, "s1"))
+        cls.shards = os.path.join(d, "shards")
+        fx.make_shards(cls.shards)
+        cls.cfg = fx.write_config(os.path.join(d, "cfg.json"))
+        vocab, merges = fx.write_vocab(os.path.join(d, "tok"))
+        cls.bpe = "bpe16k:%s,%s" % (vocab, merges)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def work(self, name):
+        return os.path.join(self.tmp, name)
+
+    def base(self, work, *extra, cfg=None, tok=None):
+        return ["train", "--tokenizer", self.s1, "--shards", self.shards, "--config", cfg or self.cfg,
+                "--text-tokenizer", tok or self.bpe, "--work-dir", work, "--batch", "4", "--threads", "2"] + list(extra)
+
+    def test_loss_falls_and_export_generates(self):
+        w = self.work("fall")
+        model = os.path.join(self.tmp, "fall.safetensors")
+        p = hwaga(*self.base(w, "--steps", "40", "--lr", "3e-3", "--dropout", "0", "--export", model,
+                             "--sample-every", "40", "--sample-prompt", "red circle"), check=True)
+        self.assertIn("step 40/40", p.stdout)
+        ls = [r["loss"] for r in losses(w)]
+        self.assertEqual(len(ls), 40)
+        first, last = sum(ls[:5]) / 5, sum(ls[-5:]) / 5
+        self.assertLess(last, first - 0.5, "the loss did not fall: %s" % ls)
+        self.assertTrue(os.path.exists(os.path.join(w, "samples", "step0000040-00.png")))
+        out = os.path.join(self.tmp, "fall.png")
+        hwaga("generate", "-m", model, "-p", "red circle", "-o", out, "--seed", "3", check=True)
+        img, text = read_png(out)
+        self.assertEqual(img.shape, (32, 32, 3))
+        # bf16 export loads too
+        hwaga("export", "--checkpoint", os.path.join(w, "checkpoint.safetensors"), "-o",
+              os.path.join(self.tmp, "fall-bf16.safetensors"), "--dtype", "bf16", check=True)
+        p = hwaga("info", "-m", os.path.join(self.tmp, "fall-bf16.safetensors"), check=True)
+        self.assertIn("rq-transformer", p.stdout)
+
+    def test_resume_is_bitwise(self):
+        a, b = self.work("full"), self.work("split")
+        hwaga(*self.base(a, "--steps", "4", "--lr", "2e-3"), check=True)
+        hwaga(*self.base(b, "--steps", "4", "--lr", "2e-3", "--stop-after", "2"), check=True)
+        self.assertEqual([r["step"] for r in losses(b)], [1, 2])
+        p = hwaga("train", "--work-dir", b, "--resume", "--threads", "2", check=True)
+        self.assertIn("step 4/4", p.stdout)
+        with open(os.path.join(a, "checkpoint.safetensors"), "rb") as f1, \
+                open(os.path.join(b, "checkpoint.safetensors"), "rb") as f2:
+            self.assertTrue(f1.read() == f2.read(), "checkpoints differ")
+        self.assertEqual(losses(a), losses(b))
+        self.assertIn("reusing", p.stderr)  # the code cache of the first part
+        # a resumed run refuses another batch size, and a fresh run refuses a used work dir
+        p = hwaga("train", "--work-dir", b, "--resume", "--batch", "3")
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("--batch differs from the checkpoint", p.stderr)
+        p = hwaga(*self.base(b, "--steps", "4"))
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("already holds a checkpoint", p.stderr)
+
+    def test_sigterm_saves_and_resume_continues(self):
+        w = self.work("term")
+        proc = subprocess.Popen([HWAGA_BIN] + self.base(w, "--steps", "100000", "--lr", "1e-3"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        log = os.path.join(w, "train.jsonl")
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if os.path.exists(log) and len(losses(w)) >= 3:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 143, err.decode())
+        self.assertIn(b"interrupted at step", err)
+        fx_t, meta = fx.read_safetensors(os.path.join(w, "checkpoint.safetensors"))
+        step = json.loads(meta["train"])["step"]
+        self.assertGreaterEqual(step, 3)
+        self.assertEqual([r["step"] for r in losses(w)], list(range(1, step + 1)))
+        p = hwaga("train", "--work-dir", w, "--resume", "--stop-after", "2", check=True)
+        self.assertIn("step %d/100000" % (step + 2), p.stdout)
+        self.assertEqual([r["step"] for r in losses(w)], list(range(1, step + 3)))
+
+    def test_spm_tokenizer_keeps_hangul_and_cache_rebuilds(self):
+        w = self.work("spm")
+        cfg = fx.write_config(os.path.join(self.tmp, "cfg-spm.json"), vocab_size_cond=30)
+        p = hwaga(*self.base(w, "--steps", "2", cfg=cfg, tok="spm:30"), check=True)
+        model = os.path.join(self.tmp, "spm.safetensors")
+        hwaga("export", "--checkpoint", os.path.join(w, "checkpoint.safetensors"), "-o", model, check=True)
+        p = hwaga("tokenize", "-m", model, "빨간 원", check=True)
+        ids = json.loads(p.stdout.strip().splitlines()[-1])
+        self.assertNotIn(1, ids[:3], "Hangul became [UNK]: %s" % ids)  # unk id 1 (SpmTrainOptions)
+        # other shards -> the cache in the work dir is encoded again
+        other = os.path.join(self.tmp, "shards3")
+        fx.make_shards(other, n_shards=3)
+        os.remove(os.path.join(w, "checkpoint.safetensors"))
+        p = hwaga("train", "--tokenizer", self.s1, "--shards", other, "--config", cfg, "--text-tokenizer", "spm:30",
+                  "--work-dir", w, "--steps", "1", "--batch", "2", check=True)
+        self.assertIn("made from other shards or another stage-1 model: encoding again", p.stderr)
+        self.assertNotIn("reusing", p.stderr)
+        self.assertIn("encoded 8 samples", p.stderr)
+
+    def test_bad_options(self):
+        w = self.work("bad")
+        cases = [
+            (self.base(w, "--steps", "0"), 2, "--steps must be at least 1"),
+            (self.base(w, "--steps", "1", tok="gpt2:x"), 2, "expected bpe16k:VOCAB.json,MERGES.txt or spm:VOCAB_SIZE"),
+            (self.base(w, "--steps", "1", "--dropout", "1"), 2, "--dropout must be in [0, 1)"),
+            (["train", "--work-dir", self.work("none"), "--resume"], 1, "there is no checkpoint"),
+            ([a if a != self.shards else os.path.join(self.tmp, "missing-{0..3}.tar") for a in self.base(w, "--steps", "1")],
+             1, "missing-0.tar"),
+            (self.base(w, "--steps", "1", tok="spm:5000"), 1, "SentencePiece cannot make a vocabulary of 5000 ids"),
+            (self.base(w, "--steps", "1", cfg=fx.write_config(os.path.join(self.tmp, "k32.json"), vocab_size=32)), 1,
+             "vocab_size 32 differs from the codebook size"),
+            (self.base(w, "--steps", "1", cfg=fx.write_config(os.path.join(self.tmp, "v9.json"), vocab_size_cond=90)),
+             1, "vocab_size_cond 90 differs from the text tokenizer's vocabulary"),
+            (self.base(w, "--steps", "1", cfg=fx.write_config(os.path.join(self.tmp, "bs.json"), block_size=(4, 4, 4))),
+             1, "differs from the codes of"),
+            (["export", "--checkpoint", self.cfg, "-o", os.path.join(self.tmp, "x.safetensors")], 1, self.cfg),
+        ]
+        for args, rc, msg in cases:
+            p = hwaga(*args)
+            self.assertEqual(p.returncode, rc, "%s: rc %d\n%s" % (args, p.returncode, p.stderr))
+            self.assertIn(msg, p.stderr, args)
+        self.assertFalse(os.path.exists(os.path.join(w, "checkpoint.safetensors")))
+
+
+if __name__ == "__main__":
+    main()
