@@ -17,11 +17,20 @@ namespace hwaga::train {
 // ---------------------------------------------------------------------------------------------
 // conv2d
 
-void conv2d_forward(const cpu::Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
-  cpu::conv2d_forward(s, x, w, b, y);  // oneDNN direct / im2col: strict f32 direct sums
-}
-
 namespace {
+
+// The output columns ox whose input column ix = ox*stride - pad_left + kj lies in [0, W).
+struct ColRange {
+  int64_t begin, end;
+};
+ColRange valid_cols(const cpu::Conv2dShape& s, int64_t kj) {
+  const int64_t Wo = s.Wo(), off = kj - s.pad_left;  // ix = ox*stride + off
+  int64_t b = off >= 0 ? 0 : (-off + s.stride - 1) / s.stride;
+  int64_t e = s.W - 1 - off < 0 ? 0 : (s.W - 1 - off) / s.stride + 1;
+  b = std::min(b, Wo);
+  e = std::clamp(e, b, Wo);
+  return {b, e};
+}
 
 // col[(ci*kh + ki)*kw + kj][(i*Ho + oy)*Wo + ox] = x[b0+i, ci, oy*stride - pad_top + ki, ox*stride - pad_left + kj]
 // (0 outside), for the nb images from b0; col is [CKK, nb*Ho*Wo].
@@ -34,6 +43,7 @@ void im2col(const cpu::Conv2dShape& s, const float* x, int64_t b0, int64_t nb, f
       for (int64_t ki = 0; ki < s.kh; ++ki)
         for (int64_t kj = 0; kj < s.kw; ++kj) {
           float* dst = col + ((ci * s.kh + ki) * s.kw + kj) * L + i * HoWo;
+          const ColRange cr = valid_cols(s, kj);
           for (int64_t oy = 0; oy < Ho; ++oy) {
             const int64_t iy = oy * s.stride - s.pad_top + ki;
             float* d = dst + oy * Wo;
@@ -41,11 +51,13 @@ void im2col(const cpu::Conv2dShape& s, const float* x, int64_t b0, int64_t nb, f
               std::fill(d, d + Wo, 0.0f);
               continue;
             }
-            const float* row = src + iy * s.W;
-            for (int64_t ox = 0; ox < Wo; ++ox) {
-              const int64_t ix = ox * s.stride - s.pad_left + kj;
-              d[ox] = (ix >= 0 && ix < s.W) ? row[ix] : 0.0f;
-            }
+            const float* row = src + iy * s.W - s.pad_left + kj;  // row[ox * stride] = x[iy][ix]
+            std::fill(d, d + cr.begin, 0.0f);
+            if (s.stride == 1)
+              std::memcpy(d + cr.begin, row + cr.begin, size_t(cr.end - cr.begin) * sizeof(float));
+            else
+              for (int64_t ox = cr.begin; ox < cr.end; ++ox) d[ox] = row[ox * s.stride];
+            std::fill(d + cr.end, d + Wo, 0.0f);
           }
         }
     }
@@ -63,15 +75,13 @@ void col2im(const cpu::Conv2dShape& s, const float* dcol, int64_t b0, int64_t nb
       for (int64_t ki = 0; ki < s.kh; ++ki)
         for (int64_t kj = 0; kj < s.kw; ++kj) {
           const float* src = dcol + ((ci * s.kh + ki) * s.kw + kj) * L + i * HoWo;
+          const ColRange cr = valid_cols(s, kj);
           for (int64_t oy = 0; oy < Ho; ++oy) {
             const int64_t iy = oy * s.stride - s.pad_top + ki;
             if (iy < 0 || iy >= s.H) continue;
-            float* row = dst + iy * s.W;
+            float* row = dst + iy * s.W - s.pad_left + kj;
             const float* d = src + oy * Wo;
-            for (int64_t ox = 0; ox < Wo; ++ox) {
-              const int64_t ix = ox * s.stride - s.pad_left + kj;
-              if (ix >= 0 && ix < s.W) row[ix] += d[ox];
-            }
+            for (int64_t ox = cr.begin; ox < cr.end; ++ox) row[ox * s.stride] += d[ox];
           }
         }
     }
@@ -80,15 +90,47 @@ void col2im(const cpu::Conv2dShape& s, const float* dcol, int64_t b0, int64_t nb
 
 }  // namespace
 
+namespace {
+// Images per im2col chunk: enough columns (>= 2048) for sgemm to be efficient on the small late
+// layers, but the unfolded chunk kept under ~32 MB.
+int64_t chunk_images(const cpu::Conv2dShape& s) {
+  const int64_t HoWo = s.Ho() * s.Wo(), CKK = s.Cin * s.kh * s.kw;
+  int64_t nb = std::max<int64_t>(1, 2048 / HoWo);
+  nb = std::min(nb, std::max<int64_t>(1, (int64_t(8) << 20) / std::max<int64_t>(1, CKK * HoWo)));
+  return std::min(nb, s.B);
+}
+}  // namespace
+
+// im2col + sgemm rather than kernels/cpu's oneDNN convolution: that one plans and repacks the
+// weights on every call (the weights change every step), which costs more than the small
+// layers' arithmetic.
+void conv2d_forward(const cpu::Conv2dShape& s, const float* x, const float* w, const float* b, float* y) {
+  const int64_t HoWo = s.Ho() * s.Wo(), CKK = s.Cin * s.kh * s.kw;
+  HWAGA_CHECK(s.Ho() >= 1 && s.Wo() >= 1, "conv2d_forward: empty output");
+  const int64_t nb = chunk_images(s);
+  std::vector<float> col(size_t(CKK * nb * HoWo)), yc(size_t(s.Cout * nb * HoWo));
+  for (int64_t b0 = 0; b0 < s.B; b0 += nb) {
+    const int64_t n = std::min(nb, s.B - b0), L = n * HoWo;
+    im2col(s, x, b0, n, col.data());
+    // yc [Cout, L] = w [Cout, CKK] . col [CKK, L]
+    cpu::sgemm(false, false, s.Cout, L, CKK, 1.0f, w, CKK, col.data(), L, 0.0f, yc.data(), L);
+    parallel_for(s.Cout, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t co = c0; co < c1; ++co)
+        for (int64_t i = 0; i < n; ++i) {
+          const float* src = yc.data() + co * L + i * HoWo;
+          float* dst = y + ((b0 + i) * s.Cout + co) * HoWo;
+          const float bias = b ? b[co] : 0.0f;
+          for (int64_t j = 0; j < HoWo; ++j) dst[j] = src[j] + bias;
+        }
+    });
+  }
+}
+
 void conv2d_backward(const cpu::Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx,
                      float* dw, float* db) {
   const int64_t Ho = s.Ho(), Wo = s.Wo(), HoWo = Ho * Wo, CKK = s.Cin * s.kh * s.kw;
   HWAGA_CHECK(Ho >= 1 && Wo >= 1, "conv2d_backward: empty output");
-  // Images per chunk: enough columns (>= 2048) for sgemm to be efficient on the small late
-  // layers, but the unfolded chunk kept under ~32 MB.
-  int64_t nb = std::max<int64_t>(1, 2048 / HoWo);
-  nb = std::min(nb, std::max<int64_t>(1, (int64_t(8) << 20) / std::max<int64_t>(1, CKK * HoWo)));
-  nb = std::min(nb, s.B);
+  const int64_t nb = chunk_images(s);
   std::vector<float> col(size_t(CKK * nb * HoWo)), dyc(size_t(s.Cout * nb * HoWo));
   for (int64_t b0 = 0; b0 < s.B; b0 += nb) {
     const int64_t n = std::min(nb, s.B - b0), L = n * HoWo;

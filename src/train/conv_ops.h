@@ -18,6 +18,7 @@
 namespace hwaga::train {
 
 // ---- conv2d: x [B,Cin,H,W], w [Cout,Cin,kh,kw], b [Cout] -> y [B,Cout,Ho,Wo] ----
+// im2col + sgemm (see conv_ops.cpp for why not kernels/cpu/conv2d.h).
 void conv2d_forward(const cpu::Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
 // dy [B,Cout,Ho,Wo] -> dx [B,Cin,H,W] (nullable), dw += [Cout,Cin,kh,kw], db += [Cout] (nullable).
 // im2col + sgemm over chunks of images, col2im for dx.
