@@ -1,0 +1,103 @@
+#!/usr/bin/python3
+"""Stage-2 training throughput: `hwaga train` vs the same model and step in PyTorch (CPU).
+
+  tools/bench_train_stage2.py [--hwaga build/hwaga] [--threads 2] [--steps 20] [--batch 8]
+                              [--embed-dim 256] [--body 4] [--head 2] [--heads 4] [--context 16]
+
+Both sides train the text RQ-Transformer of the given shape (codes 8x8x4 over the tiny stage-1
+model of tests/parity/torch_ref: K 64, E 32; text vocabulary 85) with the recipe of hwaga train:
+loss 0.9 image CE + 0.1 text CE, backward, clip 1.0, AdamW, residual dropout 0 (the PyTorch
+reference has no dropout modules). hwaga's figure is the tokens/s of its progress line at the last
+step (the loop only: the code cache and the setup are not counted); PyTorch's is timed over the
+same number of steps after one warm-up step. Tokens = targets per step = B*(H*W*D + L_c - 1).
+Prints both and the ratio. Not a test: one run on a shared machine, so expect noise.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "parity", "torch_ref"))
+import train_stage2_fixtures as fx  # noqa: E402
+
+
+def torch_tokens_per_s(cfg, batch, steps, threads):
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    import rq_transformer_ref
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = rq_transformer_ref.RQTransformerRef(cfg).train()
+    K, E = cfg["vocab_size"], cfg["input_embed_dim"]
+    H, W, D = cfg["block_size"]
+    L = cfg["block_size_cond"]
+    codebook = torch.randn(K + 1, E)
+    codes = torch.randint(0, K, (batch, H, W, D))
+    text = torch.randint(1, cfg["vocab_size_cond"], (batch, L))
+    lin = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    opt = torch.optim.AdamW([{"params": [p for p in model.parameters() if id(p) in lin], "weight_decay": 1e-4},
+                             {"params": [p for p in model.parameters() if id(p) not in lin], "weight_decay": 0.0}],
+                            lr=5e-4, betas=(0.9, 0.95), eps=1e-8)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        logits, cl = model(codes, text, codebook)
+        loss = 0.9 * F.cross_entropy(logits.reshape(-1, K), codes.reshape(-1)) + \
+            0.1 * F.cross_entropy(cl.reshape(-1, cl.shape[-1]), text[:, 1:].reshape(-1), ignore_index=0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    dt = time.perf_counter() - t0
+    return batch * (H * W * D + L - 1) * steps / dt
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hwaga", default=os.path.join(ROOT, "build", "hwaga"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--embed-dim", type=int, default=256)
+    ap.add_argument("--body", type=int, default=4)
+    ap.add_argument("--head", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--context", type=int, default=16)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hwaga_bench_train_") as d:
+        s1 = fx.make_stage1(os.path.join(d, "s1"))
+        fx.make_shards(os.path.join(d, "shards"))
+        vocab, merges = fx.write_vocab(os.path.join(d, "tok"))
+        cfgp = fx.write_config(os.path.join(d, "cfg.json"), block_size_cond=a.context, embed_dim=a.embed_dim,
+                               n_layer_body=a.body, n_layer_head=a.head, n_head=a.heads)
+        import json
+        cfg = json.load(open(cfgp))
+        p = subprocess.run([a.hwaga, "train", "--tokenizer", s1, "--shards", os.path.join(d, "shards"), "--config", cfgp,
+                            "--text-tokenizer", "bpe16k:%s,%s" % (vocab, merges), "--work-dir", os.path.join(d, "w"),
+                            "--steps", str(a.steps + 1), "--batch", str(a.batch), "--dropout", "0",
+                            "--threads", str(a.threads)], capture_output=True, text=True)
+        if p.returncode != 0:
+            sys.exit("hwaga train failed:\n" + p.stderr)
+        rates = re.findall(r"([0-9.]+) tok/s", p.stderr)
+        hw = float(rates[-1])
+        pt = torch_tokens_per_s(cfg, a.batch, a.steps, a.threads)
+    print("model: C=%d, body %d + head %d layers, %d heads, codes 8x8x4, K 64, text %d x 85; batch %d; %d threads"
+          % (a.embed_dim, a.body, a.head, a.heads, a.context, a.batch, a.threads))
+    print("hwaga train:  %8.0f tokens/s" % hw)
+    print("PyTorch %s: %8.0f tokens/s" % (__import__("torch").__version__, pt))
+    print("ratio hwaga / PyTorch: %.2f" % (hw / pt))
+    print("load average: %s" % " ".join("%.2f" % x for x in os.getloadavg()))
+
+
+if __name__ == "__main__":
+    main()
