@@ -1,0 +1,538 @@
+// hwaga train-tokenizer --shards SPEC (--config stage1.json | --preset emoji64 | --init MODEL)
+//                       --work-dir DIR --steps N [--batch 8] [--lr 4e-5] [--warmup 0] [--min-lr LR]
+//                       [--beta1 0.5] [--beta2 0.9] [--seed S] [--save-every N] [--sample-every N]
+//                       [--eval-shards SPEC] [--eval-count 16] [--no-flip] [--shuffle-buffer 1000]
+//                       [--stop-after K] [--resume] [-o model.safetensors] [--export-only] [--threads N]
+//
+// Trains an RQ-VAE image tokenizer (stage 1) on the CPU from tar shards (architecture.md §1.6,
+// §6.1; train/rqvae_trainer.h): pictures resized on the short side to the config's resolution,
+// random crop, horizontal flip, in [-1,1]; loss = MSE + 0.25 commitment; EMA codebook with
+// restarts of dead codes; Adam (β 0.5/0.9, no decay) with linear warm-up, then constant (the
+// reference's "cosine to min_lr = lr"; --min-lr below --lr gives a real cosine to --steps).
+// No LPIPS or GAN terms.
+//
+// WORK holds checkpoint.safetensors (every --save-every steps, at the end, and on SIGINT/SIGTERM,
+// then exit 130/143; written atomically), train.jsonl (one line per step: loss, recon,
+// commitment, codebook usage and perplexity, restarts, lr, img/s) and samples/stepNNNNNNN.png
+// (every --sample-every steps: the first eval pictures over their reconstructions). With
+// --eval-shards, the reconstruction PSNR of the first --eval-count pictures (centre crops, read
+// in order) is printed and logged at every checkpoint.
+//
+// --resume continues WORK/checkpoint.safetensors exactly (weights, Adam moments and step, EMA
+// codebook, data position; the restart draws are seeded by (seed, step)): a resumed run is bit
+// for bit the run that was never stopped, on the same thread count. -o writes a normal hwaga
+// stage-1 model file (as `hwaga convert rq-vae` does) at the end; --export-only writes it from
+// the checkpoint without training.
+//
+// Exit codes: 0 done, 1 error (files, data, config), 2 bad option value, 128+signal when
+// interrupted (after saving).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli_util.h"
+#include "command.h"
+#include "core/error.h"
+#include "core/threads.h"
+#include "data/shard_dataset.h"
+#include "io/image.h"
+#include "io/safetensors.h"
+#include "nn/stage1_config.h"
+#include "progress.h"
+#include "t2i_options.h"
+#include "train/checkpoint.h"
+#include "train/optim.h"
+#include "train/rqvae_trainer.h"
+#include "train/train_log.h"
+
+namespace hwaga::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace hwaga::train;
+
+constexpr const char* kPrefix = "hwaga train-tokenizer: ";
+constexpr const char* kStage = "rq-vae";
+
+struct TokOptions {
+  CommonOptions common;
+  std::string shards, eval_shards, config, preset, init, work_dir, output, dump_step;
+  int64_t steps = 0, stop_after = 0, save_every = 0, sample_every = 0, warmup = 0;
+  int batch = 8, eval_count = 16, shuffle_buffer = 1000;
+  double lr = 4e-5, min_lr = -1, beta1 = 0.5, beta2 = 0.9;
+  uint64_t seed = 0;
+  bool resume = false, export_only = false, no_flip = false;
+  CLI::App* app = nullptr;
+  bool given(const char* name) const { return app && app->count(name) > 0; }
+};
+
+void say(const std::string& s) { std::fprintf(stderr, "%s%s\n", kPrefix, s.c_str()); }
+
+// ---- configs ----
+
+// The small RQ-VAE of hwaga's default emoji model: 64x64 -> 8x8x4 codes, K = 512.
+Stage1Config preset_config(const std::string& name) {
+  Stage1Config c;
+  c.type = "rq-vae";
+  if (name == "emoji64") {
+    c.net.ch = 64;
+    c.net.ch_mult = {1, 2, 2, 4};
+    c.net.num_res_blocks = 1;
+    c.net.attn_resolutions = {8};
+    c.net.z_channels = 64;
+    c.net.resolution = 64;
+    c.embed_dim = 64;
+    c.n_embed = 512;
+    c.code_shape = {8, 8, 4};
+  } else {
+    usage_fail("--preset ", name, ": unknown (known: emoji64)");
+  }
+  validate_stage1_config(c, "--preset " + name);
+  return c;
+}
+
+// A stage-1 JSON config: the "stage1" object of a model file's config, or that object itself;
+// type (rq-vae), in_channels/out_ch (3) and shared_codebook (true) may be left out.
+Stage1Config read_config_file(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) fail("--config: cannot read ", path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f);
+  } catch (const std::exception& e) {
+    fail(path, ": not valid JSON (", e.what(), ")");
+  }
+  if (j.is_object() && j.contains("stage1")) j = j["stage1"];
+  if (!j.is_object()) fail(path, ": expected a JSON object with the stage-1 config, found ", j.dump());
+  for (auto [k, v] : {std::pair<const char*, nlohmann::json>{"type", "rq-vae"}, {"in_channels", 3}, {"out_ch", 3},
+                      {"shared_codebook", true}})
+    if (!j.contains(k)) j[k] = v;
+  Stage1Config c = stage1_config_from_json(j, path);
+  if (!c.is_rq()) fail(path, ": type \"", c.type, "\": hwaga train-tokenizer trains RQ-VAEs only (type \"rq-vae\")");
+  return c;
+}
+
+std::string describe(const Stage1Config& c, int64_t params) {
+  std::string mult;
+  for (int m : c.net.ch_mult) mult += (mult.empty() ? "" : ",") + std::to_string(m);
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "RQ-VAE %dx%d -> %dx%dx%d codes, K %d, E %d, ch %d x [%s], %d res blocks, %s parameters",
+                c.net.resolution, c.net.resolution, c.code_shape[0], c.code_shape[1], c.code_shape[2], c.n_embed,
+                c.embed_dim, c.net.ch, mult.c_str(), c.net.num_res_blocks, human_count(params).c_str());
+  return buf;
+}
+
+// ---- fixed pictures (samples, eval) ----
+
+// The first n pictures of `shards` in read order, centre crops: [n',3,R,R] (n' <= n when the
+// shards hold fewer).
+Tensor fixed_pictures(const std::vector<std::string>& shards, int n, int R) {
+  data::ShardOptions o;
+  o.shards = shards;
+  o.image_size = R;
+  o.random_crop = false;
+  o.flip = false;
+  o.shuffle_shards = false;
+  o.shuffle_buffer = 1;
+  data::ShardDataset ds(o);
+  std::vector<data::Sample> s = ds.next_batch(n);  // crosses into epoch 1 if there are fewer
+  std::vector<data::Sample> keep;
+  for (auto& x : s)
+    if (x.epoch == 0) keep.push_back(std::move(x));
+  Tensor t = Tensor::empty({int64_t(keep.size()), 3, R, R});
+  for (size_t i = 0; i < keep.size(); ++i)
+    std::memcpy(t.f32() + int64_t(i) * 3 * R * R, keep[i].image.f32(), size_t(3 * R * R) * sizeof(float));
+  return t;
+}
+
+Tensor reconstruct_all(RqvaeTrainer& tr, const Tensor& x) {
+  Tensor out = Tensor::empty(x.shape());
+  const int64_t n = x.dim(0), per = x.numel() / std::max<int64_t>(1, n);
+  for (int64_t b = 0; b < n; b += 8) {
+    const int64_t e = std::min(n, b + 8);
+    Tensor r = tr.reconstruct(x.slice0(b, e));
+    std::memcpy(out.f32() + b * per, r.f32(), r.nbytes());
+  }
+  return out;
+}
+
+// PSNR of the clamped reconstructions, pixels in [0,1].
+double psnr(const Tensor& x, const Tensor& r) {
+  double se = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const double a = std::clamp(double(x.f32()[i]), -1.0, 1.0) * 0.5, b = std::clamp(double(r.f32()[i]), -1.0, 1.0) * 0.5;
+    se += (a - b) * (a - b);
+  }
+  const double mse = se / double(x.numel());
+  return mse > 0 ? 10.0 * std::log10(1.0 / mse) : 99.0;
+}
+
+// The pictures over their reconstructions: [3, 2R, n R].
+void write_sample_grid(const std::string& path, const Tensor& x, const Tensor& r, int64_t step) {
+  const int64_t n = x.dim(0), R = x.dim(2);
+  Tensor g = Tensor::empty({3, 2 * R, n * R});
+  for (int64_t c = 0; c < 3; ++c)
+    for (int64_t row = 0; row < 2; ++row)
+      for (int64_t i = 0; i < n; ++i) {
+        const float* src = (row == 0 ? x : r).f32() + (i * 3 + c) * R * R;
+        for (int64_t y = 0; y < R; ++y)
+          std::memcpy(g.f32() + (c * 2 * R + row * R + y) * n * R + i * R, src + y * R, size_t(R) * sizeof(float));
+      }
+  write_png(path, g, {{"Software", software_string()}, {"Description", "top: pictures, bottom: reconstructions"},
+                      {"hwaga.step", std::to_string(step)}});
+}
+
+void export_model(const std::string& path, const Stage1Config& cfg, const RqvaeTrainer& tr, int64_t step) {
+  nlohmann::json config = {{"stage1", stage1_config_to_json(cfg)}};
+  write_safetensors(path, tr.model_tensors(),
+                    {{"format", kModelFormat},
+                     {"version", std::to_string(kModelFormatVersion)},
+                     {"config", config.dump()},
+                     {"trained_steps", std::to_string(step)},
+                     {"software", software_string()}});
+}
+
+std::vector<std::string> absolute_shards(const std::string& spec) {
+  std::vector<std::string> v = data::expand_shards(spec);
+  for (auto& s : v) s = fs::absolute(s).lexically_normal().string();
+  return v;
+}
+
+// ---- the command ----
+
+int run_train_tokenizer(TokOptions opt) {
+  if (opt.work_dir.empty()) usage_fail("--work-dir is required");
+  const std::string work = opt.work_dir;
+  const std::string ckpt_path = (fs::path(work) / "checkpoint.safetensors").string();
+  Checkpoint resumed;
+  nlohmann::json rmeta;
+  const bool from_ckpt = opt.resume || opt.export_only;
+  if (from_ckpt) {
+    if (!fs::exists(ckpt_path))
+      fail(opt.resume ? "--resume" : "--export-only", ": there is no checkpoint in ", work, " (", ckpt_path, ")");
+    resumed = read_checkpoint(ckpt_path);
+    rmeta = resumed.meta;
+    if (rmeta.value("stage", std::string()) != kStage)
+      fail(ckpt_path, ": a checkpoint of stage \"", rmeta.value("stage", std::string("?")),
+           "\", not of the image tokenizer (\"", kStage, "\"; hwaga train writes stage-2 checkpoints)");
+    if (opt.given("--config") || opt.given("--preset") || opt.given("--init"))
+      usage_fail("--config/--preset/--init cannot change the model of a checkpoint (start a new --work-dir)");
+  }
+  if (opt.export_only) {
+    if (opt.output.empty()) usage_fail("--export-only needs -o model.safetensors");
+    check_output_dir(opt.output, "-o");
+    apply_common(opt.common);
+    const Stage1Config cfg = stage1_config_from_json(rmeta.at("config").at("stage1"), ckpt_path + ": train.config.stage1");
+    RqvaeTrainer tr(cfg, 0);
+    restore_checkpoint(resumed, ckpt_path, tr.params(), nullptr);
+    const int64_t step = rmeta.at("step").get<int64_t>();
+    export_model(opt.output, cfg, tr, step);
+    std::printf("wrote %s: %s, step %lld\n", opt.output.c_str(), describe(cfg, tr.params().num_trainable()).c_str(),
+                (long long)step);
+    return 0;
+  }
+  if (opt.resume) {
+    const nlohmann::json& o = rmeta.at("options");
+    auto take = [&](const char* flag, const char* key, auto& v) {
+      if (!opt.given(flag) && o.contains(key)) v = o[key].get<std::decay_t<decltype(v)>>();
+    };
+    take("--steps", "steps", opt.steps);
+    take("--lr", "lr", opt.lr);
+    take("--min-lr", "min_lr", opt.min_lr);
+    take("--warmup", "warmup", opt.warmup);
+    take("--beta1", "beta1", opt.beta1);
+    take("--beta2", "beta2", opt.beta2);
+    take("--save-every", "save_every", opt.save_every);
+    take("--sample-every", "sample_every", opt.sample_every);
+    take("--eval-count", "eval_count", opt.eval_count);
+    for (auto [flag, key] : {std::pair{"--batch", "batch"}, std::pair{"--seed", "seed"},
+                             std::pair{"--shuffle-buffer", "shuffle_buffer"}, std::pair{"--no-flip", "no_flip"}}) {
+      const std::string k = key;
+      const bool same = k == "batch"            ? o.value(key, 0) == opt.batch
+                        : k == "seed"           ? o.value(key, uint64_t(0)) == opt.seed
+                        : k == "shuffle_buffer" ? o.value(key, 0) == opt.shuffle_buffer
+                                                : o.value(key, false) == opt.no_flip;
+      if (opt.given(flag) && !same)
+        usage_fail(flag, " differs from the checkpoint's (", o[key].dump(),
+                   "); a resumed run keeps it (start a new --work-dir to change it)");
+    }
+    opt.batch = o.value("batch", opt.batch);
+    opt.seed = o.value("seed", opt.seed);
+    opt.shuffle_buffer = o.value("shuffle_buffer", opt.shuffle_buffer);
+    opt.no_flip = o.value("no_flip", opt.no_flip);
+  } else {
+    if (opt.shards.empty()) usage_fail("--shards is required (or --resume)");
+    const int sources = int(!opt.config.empty()) + int(!opt.preset.empty()) + int(!opt.init.empty());
+    if (sources == 0) usage_fail("give the model: --config stage1.json, --preset emoji64 or --init model.safetensors");
+    if (!opt.config.empty() && !opt.preset.empty()) usage_fail("--config and --preset cannot both be given");
+    if (fs::exists(ckpt_path))
+      usage_fail(work, " already holds a checkpoint; continue it with --resume or choose another --work-dir");
+  }
+  if (opt.steps < 1) usage_fail("--steps must be at least 1, got ", opt.steps);
+  if (opt.batch < 1) usage_fail("--batch must be at least 1, got ", opt.batch);
+  if (!(opt.lr > 0) || !std::isfinite(opt.lr)) usage_fail("--lr must be positive, got ", opt.lr);
+  if (opt.min_lr < 0) opt.min_lr = opt.lr;  // the reference: constant after the warm-up
+  if (!(opt.min_lr <= opt.lr)) usage_fail("--min-lr must be in [0, --lr], got ", opt.min_lr);
+  if (opt.warmup < 0) usage_fail("--warmup must be >= 0, got ", opt.warmup);
+  if (!(opt.beta1 >= 0 && opt.beta1 < 1) || !(opt.beta2 >= 0 && opt.beta2 < 1))
+    usage_fail("--beta1 and --beta2 must be in [0, 1), got ", opt.beta1, " and ", opt.beta2);
+  if (opt.save_every < 0 || opt.sample_every < 0 || opt.stop_after < 0)
+    usage_fail("--save-every, --sample-every and --stop-after must be >= 0");
+  if (opt.eval_count < 1 || opt.eval_count > 256) usage_fail("--eval-count must be in [1, 256], got ", opt.eval_count);
+  if (opt.shuffle_buffer < 0) usage_fail("--shuffle-buffer must be >= 0, got ", opt.shuffle_buffer);
+  if (!opt.output.empty()) check_output_dir(opt.output, "-o");
+  apply_common(opt.common);
+  if (opt.common.device == "cuda") usage_fail("--device cuda: hwaga train-tokenizer trains on the CPU");
+
+  // ---- model ----
+  Stage1Config cfg;
+  TensorMap init_tensors;
+  std::shared_ptr<SafetensorsFile> init_file;
+  if (opt.resume) {
+    cfg = stage1_config_from_json(rmeta.at("config").at("stage1"), ckpt_path + ": train.config.stage1");
+  } else if (!opt.init.empty()) {
+    init_file = std::make_shared<SafetensorsFile>(read_model_file(opt.init));
+    const nlohmann::json mc = model_config(*init_file);
+    if (!mc.contains("stage1")) fail(opt.init, ": not an image tokenizer file (no config.stage1)");
+    const Stage1Config fc = stage1_config_from_json(mc["stage1"], opt.init + ": config.stage1");
+    if (!fc.is_rq()) fail(opt.init, ": the stage-1 model is a ", fc.type, "; hwaga train-tokenizer trains RQ-VAEs");
+    cfg = opt.config.empty() ? (opt.preset.empty() ? fc : preset_config(opt.preset)) : read_config_file(opt.config);
+    if (stage1_config_to_json(cfg) != stage1_config_to_json(fc))
+      fail(opt.init, ": its stage-1 config differs from the one given with --config/--preset");
+  } else {
+    cfg = opt.config.empty() ? preset_config(opt.preset) : read_config_file(opt.config);
+  }
+  RqvaeTrainer tr(cfg, opt.seed);
+  AdamW adam(AdamWOptions{float(opt.beta1), float(opt.beta2), 1e-8f, 0.0f});
+  int64_t start = 0;
+  if (opt.resume) {
+    restore_checkpoint(resumed, ckpt_path, tr.params(), &adam);
+    start = rmeta.at("step").get<int64_t>();
+  } else if (init_file) {
+    tr.load_model_tensors(init_file->tensors, opt.init);
+    init_file.reset();
+  }
+
+  // ---- data ----
+  std::vector<std::string> shards, eval_shards;
+  if (opt.resume) {
+    shards = rmeta.at("shards").get<std::vector<std::string>>();
+    if (!opt.shards.empty() && absolute_shards(opt.shards) != shards)
+      fail("--shards ", opt.shards, " lists other files than the checkpoint was trained on (", shards.size(),
+           " shards, first ", shards.empty() ? "" : shards[0], "); start a new --work-dir for other data");
+    eval_shards = opt.eval_shards.empty() ? rmeta.value("eval_shards", std::vector<std::string>{})
+                                          : absolute_shards(opt.eval_shards);
+  } else {
+    shards = absolute_shards(opt.shards);
+    if (!opt.eval_shards.empty()) eval_shards = absolute_shards(opt.eval_shards);
+  }
+  const int R = cfg.net.resolution;
+  data::ShardOptions dopt;
+  dopt.shards = shards;
+  dopt.image_size = R;
+  dopt.random_crop = true;
+  dopt.flip = !opt.no_flip;
+  dopt.shuffle_buffer = opt.shuffle_buffer;
+  dopt.seed = opt.seed;
+  data::ShardDataset ds(dopt);
+  if (opt.resume) {
+    const nlohmann::json& d = rmeta.at("data");
+    ds.restore({d.at("epoch").get<int64_t>(), d.at("consumed").get<int64_t>()});
+  }
+  // the fixed pictures for samples and PSNR: the eval shards, else the first training pictures
+  Tensor fixed;
+  if (!eval_shards.empty() || opt.sample_every > 0)
+    fixed = fixed_pictures(eval_shards.empty() ? shards : eval_shards, eval_shards.empty() ? 8 : opt.eval_count, R);
+  fs::create_directories(work);
+
+  LrSchedule sched;
+  sched.lr = float(opt.lr);
+  sched.min_lr = float(opt.min_lr);
+  sched.warmup = opt.warmup;
+  sched.total = opt.steps;
+  sched.kind = opt.min_lr < opt.lr ? "cosine" : "constant";
+  const int64_t end = opt.stop_after > 0 ? std::min(opt.steps, start + opt.stop_after) : opt.steps;
+  const nlohmann::json options = {
+      {"steps", opt.steps},         {"batch", opt.batch},           {"lr", opt.lr},
+      {"min_lr", opt.min_lr},       {"warmup", opt.warmup},         {"beta1", opt.beta1},
+      {"beta2", opt.beta2},         {"seed", opt.seed},             {"save_every", opt.save_every},
+      {"sample_every", opt.sample_every}, {"eval_count", opt.eval_count}, {"shuffle_buffer", opt.shuffle_buffer},
+      {"no_flip", opt.no_flip},     {"commitment_weight", tr.options().commitment_weight},
+      {"decay", tr.options().decay}};
+  auto save = [&](int64_t step) {
+    const data::DataState st = ds.state();
+    nlohmann::json meta = {{"stage", kStage},
+                           {"step", step},
+                           {"config", {{"stage1", stage1_config_to_json(cfg)}}},
+                           {"shards", shards},
+                           {"eval_shards", eval_shards},
+                           {"options", options},
+                           {"data", {{"epoch", st.epoch}, {"consumed", st.consumed}}}};
+    save_checkpoint(ckpt_path, tr.params(), &adam, {}, meta);
+  };
+  InterruptGuard guard;
+  TrainLog log((fs::path(work) / "train.jsonl").string(), opt.resume ? start : -1);
+  auto evaluate = [&](int64_t step) {
+    if (eval_shards.empty() || fixed.dim(0) == 0) return;
+    const double p = psnr(fixed, reconstruct_all(tr, fixed));
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "step %lld: eval PSNR %.2f dB on %lld pictures", (long long)step, p,
+                  (long long)fixed.dim(0));
+    say(buf);
+    log.event("eval", {{"step", step}, {"psnr", p}, {"pictures", fixed.dim(0)}});
+  };
+  log.event(opt.resume ? "resume" : "start", {{"step", start},
+                                             {"params", tr.params().num_trainable()},
+                                             {"shards", shards.size()},
+                                             {"config", stage1_config_to_json(cfg)},
+                                             {"options", options}});
+  say(describe(cfg, tr.params().num_trainable()) + "; " + std::to_string(shards.size()) + " shard(s), batch " +
+      std::to_string(opt.batch) + ", " + std::to_string(num_threads()) + " threads");
+  if (start >= end) say("the checkpoint is already at step " + std::to_string(start) + " of " + std::to_string(opt.steps));
+
+  // ---- the loop ----
+  TrainProgress progress(kPrefix, start, opt.steps, "img");
+  const int64_t K = cfg.n_embed, per_image = int64_t(3) * R * R;
+  int64_t step = start, last_saved = opt.resume ? start : -1;
+  for (; step < end; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<data::Sample> batch = ds.next_batch(opt.batch);
+    Tensor x = Tensor::empty({int64_t(batch.size()), 3, R, R});
+    for (size_t i = 0; i < batch.size(); ++i)
+      std::memcpy(x.f32() + int64_t(i) * per_image, batch[i].image.f32(), size_t(per_image) * sizeof(float));
+    const int64_t epoch = batch.empty() ? 0 : batch.back().epoch;
+    batch.clear();
+    TensorMap dump;
+    if (!opt.dump_step.empty() && step == start) {
+      dump["input"] = x.clone();
+      for (auto& p : tr.params().all()) dump["before." + p->name] = p->value.clone();
+    }
+    tr.params().zero_grad();
+    const RqvaeStepStats st = tr.train_step(x, mix_seed(opt.seed, uint64_t(step), 0x5271));
+    const float lr = sched.at(step);
+    if (!dump.empty()) {
+      for (auto& p : tr.params().all())
+        if (p->grad.defined()) dump["grad." + p->name] = p->grad.clone();
+      dump["codes"] = tr.last_codes().clone();
+      for (size_t d = 0; d < tr.last_restart_vectors().size(); ++d)
+        dump["restart." + std::to_string(d)] = tr.last_restart_vectors()[d];
+    }
+    const double gnorm = tr.params().clip_grad_norm(0.0f);  // the norm only (and the NaN check)
+    adam.step(tr.params(), lr);
+    if (!dump.empty()) {
+      for (auto& p : tr.params().all()) dump["after." + p->name] = p->value.clone();
+      Tensor lv = Tensor::empty({3});
+      lv.f32()[0] = float(st.loss), lv.f32()[1] = float(st.recon), lv.f32()[2] = float(st.commitment);
+      dump["loss"] = lv;
+      write_safetensors(opt.dump_step, dump,
+                        {{"step", std::to_string(step)}, {"lr", std::to_string(lr)},
+                         {"loss", std::to_string(st.loss)}});
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    log.step({{"step", step + 1},
+              {"loss", st.loss},
+              {"recon", st.recon},
+              {"commitment", st.commitment},
+              {"codes_used", st.codes_used},
+              {"usage", double(st.codes_used) / double(K)},
+              {"perplexity", st.perplexity},
+              {"restarted", st.restarted},
+              {"grad_norm", gnorm},
+              {"lr", lr},
+              {"img_per_s", secs > 0 ? double(x.dim(0)) / secs : 0.0},
+              {"epoch", epoch}});
+    char extra[128];
+    std::snprintf(extra, sizeof extra, "recon %.4f  commit %.4f  codes %lld/%lld  ppl %.1f", st.recon, st.commitment,
+                  (long long)st.codes_used, (long long)K, st.perplexity);
+    progress.update(step, st.loss, lr, double(x.dim(0)), extra);
+    const int64_t done = step + 1;
+    if (interrupted()) {
+      ++step;
+      break;
+    }
+    if (opt.save_every > 0 && done % opt.save_every == 0 && done < end) {
+      save(done);
+      last_saved = done;
+      log.event("checkpoint", {{"step", done}, {"path", ckpt_path}});
+      evaluate(done);
+    }
+    if (opt.sample_every > 0 && done % opt.sample_every == 0 && fixed.dim(0) > 0) {
+      const fs::path dir = fs::path(work) / "samples";
+      fs::create_directories(dir);
+      char name[64];
+      std::snprintf(name, sizeof name, "step%07lld.png", (long long)done);
+      write_sample_grid((dir / name).string(), fixed, reconstruct_all(tr, fixed), done);
+      log.event("sample", {{"step", done}, {"path", (dir / name).string()}});
+    }
+  }
+  progress.finish();
+  if (step != last_saved) {
+    save(step);
+    log.event("checkpoint", {{"step", step}, {"path", ckpt_path}});
+    if (!interrupted()) evaluate(step);
+  }
+  if (interrupted()) {
+    say("interrupted at step " + std::to_string(step) + "; saved " + ckpt_path + " (continue with --resume)");
+    log.event("end", {{"step", step}, {"interrupted", true}});
+    return 128 + interrupt_signal();
+  }
+  log.event("end", {{"step", step}, {"data", ds.stats().summary()}});
+  say("data: " + ds.stats().summary());
+  std::printf("%s: step %lld/%lld\n", ckpt_path.c_str(), (long long)step, (long long)opt.steps);
+  if (!opt.output.empty()) {
+    export_model(opt.output, cfg, tr, step);
+    std::printf("wrote %s\n", opt.output.c_str());
+  }
+  return 0;
+}
+
+Command reg("train-tokenizer", "Train the image tokenizer (an RQ-VAE, stage 1) on tar shards", [](CLI::App& sub) {
+  auto opt = std::make_shared<TokOptions>();
+  opt->app = &sub;
+  sub.add_option("--shards", opt->shards, "tar shards: a folder, a list a.tar,b.tar, a range {00000..00009} or a glob");
+  sub.add_option("--config", opt->config, "stage-1 config JSON (the \"stage1\" object of a model file)");
+  sub.add_option("--preset", opt->preset, "a built-in config instead of --config: emoji64 (64x64 -> 8x8x4, K 512)");
+  sub.add_option("--init", opt->init, "start from the weights of a stage-1 model file (fine-tuning)");
+  sub.add_option("--work-dir", opt->work_dir, "folder for the checkpoint, log and samples")->required();
+  sub.add_option("--steps", opt->steps, "training steps in all (the schedule's length)");
+  sub.add_option("--stop-after", opt->stop_after, "stop this run after this many more steps (0 = run to --steps)");
+  sub.add_option("--batch", opt->batch, "pictures per step (default 8)");
+  sub.add_option("--lr", opt->lr, "learning rate (default 4e-5, the reference's)");
+  sub.add_option("--min-lr", opt->min_lr, "cosine down to this at --steps (default: --lr, i.e. constant)");
+  sub.add_option("--warmup", opt->warmup, "linear warm-up steps (default 0)");
+  sub.add_option("--beta1", opt->beta1, "Adam beta1 (default 0.5)");
+  sub.add_option("--beta2", opt->beta2, "Adam beta2 (default 0.9)");
+  sub.add_option("--seed", opt->seed, "seed of the init, data order, augmentation and code restarts (default 0)");
+  sub.add_option("--save-every", opt->save_every, "checkpoint (and eval) every N steps (0 = at the end only)");
+  sub.add_option("--sample-every", opt->sample_every, "write a reconstruction grid every N steps (0 = never)");
+  sub.add_option("--eval-shards", opt->eval_shards, "shards for the PSNR reported at each checkpoint");
+  sub.add_option("--eval-count", opt->eval_count, "eval pictures (default 16)");
+  sub.add_option("--shuffle-buffer", opt->shuffle_buffer, "samples in the shuffle buffer (default 1000)");
+  sub.add_flag("--no-flip", opt->no_flip, "no random horizontal flips");
+  sub.add_flag("--resume", opt->resume, "continue WORK/checkpoint.safetensors");
+  sub.add_option("-o,--output", opt->output, "write a stage-1 model file at the end");
+  sub.add_flag("--export-only", opt->export_only, "write -o from WORK/checkpoint.safetensors without training");
+  sub.add_option("--dump-step", opt->dump_step, "")->group("");  // tests: the first step's tensors
+  add_common_options(sub, opt->common);
+  return [opt] {
+    try {
+      return run_train_tokenizer(*opt);
+    } catch (const UsageError& e) {
+      std::fprintf(stderr, "%serror: %s\n", kPrefix, e.what());
+      return 2;
+    } catch (const Error& e) {
+      if (!interrupted()) throw;
+      std::fprintf(stderr, "%s%s\n", kPrefix, e.what());
+      return 128 + interrupt_signal();
+    }
+  };
+});
+
+}  // namespace
+}  // namespace hwaga::cli
