@@ -2,7 +2,7 @@
 # Builds the CUDA-enabled Release binaries that tests/gpu/device_check.sh runs on a GPU machine
 # that can build nothing itself, and packs them with the shared libraries they need into
 # build-device/ (carried to that machine as is; /build*/ is git-ignored):
-#   build-device/bin/   test_cuda_ops test_cuda_transformer_ops test_cuda_t2i test_cuda_stage1
+#   build-device/bin/   test_cuda_ops test_cuda_transformer_ops test_cuda_t2i test_cuda_stage1 test_cuda_sampler
 #                       bench_gpu_stage1 bench_gpu_t2i hwaga (stripped)
 #   build-device/lib/   every shared library from `ldd` except glibc, libstdc++, libgcc, libm,
 #                       the CUDA driver and the CUDA libraries (cudart is static; cuBLAS/cuDNN
@@ -14,7 +14,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BUILD="${1:-$ROOT/build-cuda}"
 OUTD="$ROOT/build-device"
 BUDGET_MIB=${BUDGET_MIB:-55}
-CORE=(test_cuda_ops test_cuda_transformer_ops test_cuda_t2i test_cuda_stage1 bench_gpu_stage1 bench_gpu_t2i)
+CORE=(test_cuda_ops test_cuda_transformer_ops test_cuda_t2i test_cuda_stage1 test_cuda_sampler bench_gpu_stage1 bench_gpu_t2i)
 TARGETS=("${CORE[@]}" hwaga)
 
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DHWAGA_CUDA=ON -DHWAGA_SANITIZE=OFF >/dev/null
@@ -59,7 +59,7 @@ ls -la "$OUTD" "$OUTD/bin"
 # The binaries must start here (no GPU: the tests skip, the bench reports no device).
 export LD_LIBRARY_PATH="$OUTD/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if [ -d "$OUTD/lib" ]; then
-  for t in test_cuda_ops test_cuda_transformer_ops test_cuda_t2i; do
+  for t in test_cuda_ops test_cuda_transformer_ops test_cuda_t2i test_cuda_sampler; do
     "$OUTD/bin/$t" --gtest_brief=1 | tail -n 2
   done
   "$OUTD/bin/bench_gpu_t2i" --budget 5 || true

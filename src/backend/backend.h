@@ -18,6 +18,9 @@
 
 namespace hwaga {
 
+struct RowFilter;  // sample/sampler.h
+class Rng;         // sample/rng.h
+
 struct Conv2dParams {
   int stride = 1;
   // Zero padding per side. The taming Downsample uses {top 0, left 0, bottom 1, right 1}.
@@ -113,6 +116,20 @@ class Backend {
   // -> [B,T,C]; cache.len += T. T = the whole sequence with an empty cache is plain causal
   // attention (teacher forcing); T = 1 is one sampling step.
   virtual Tensor attention_step(const Tensor& q, const Tensor& k, const Tensor& v, KvCache& cache, int n_head);
+
+  // ---- sampling (sample/sampler.h) ----
+  // One sampling step on this backend, so that only the codes cross to the host. logits [M,K] f32
+  // on this backend; cfg_scale == 0: M = n; else M = 2n and row i is first mixed with its
+  // unconditional row n+i as guidance_mix does. codes[i] (i < n) gets the code sample_row(row i,
+  // f, rngs[i]) would pick on the host; rngs[i] advances by the one word that draw takes (not
+  // when f.greedy); the NaN logits replaced by -inf (RQ semantics) are added to *nan_replaced.
+  // A bad row throws the host sampler's hwaga::Error. Returns false, touching nothing, when the
+  // backend has no sampler of its own (the default; the CPU backend): the caller downloads the
+  // logits and samples on the host.
+  virtual bool sample_rows(const Tensor& /*logits*/, int64_t /*n*/, float /*cfg_scale*/, const RowFilter& /*f*/,
+                           Rng* /*rngs*/, int32_t* /*codes*/, int64_t* /*nan_replaced*/) {
+    return false;
+  }
 };
 
 // The CPU backend (always available).

@@ -7,7 +7,8 @@
 #   2. GPU tests (CUDA vs the CPU backend; a skip is a failure here): test_cuda_ops,
 #      test_cuda_transformer_ops (LayerNorm/GELU/embedding/attention over a KV cache/16-bit
 #      linear), test_cuda_t2i (tiny RQ-Transformer and minDALL-E: logits and greedy codes),
-#      test_cuda_stage1
+#      test_cuda_stage1, test_cuda_sampler (the GPU sampler picks the host sampler's codes; its
+#      time per step at 64 x 16384)
 #   3. bench_gpu_stage1 (hwaga: RQ-VAE / VQGAN decode + encode, batch 1 and 64, f32 and bf16 weights,
 #      card copy bandwidth and cuBLASLt 8192^3 rates)
 #   4. bench_gpu_t2i (hwaga: rq-3.9b and mindalle-1.3b code generation, random bf16 weights,
@@ -90,6 +91,7 @@ stage test_cuda_ops 60 "$PACK/bin/test_cuda_ops" --gtest_brief=1
 stage test_cuda_transformer_ops 60 "$PACK/bin/test_cuda_transformer_ops" --gtest_brief=1
 stage test_cuda_t2i 60 "$PACK/bin/test_cuda_t2i" --gtest_brief=1
 stage test_cuda_stage1 45 "$PACK/bin/test_cuda_stage1" --gtest_brief=1
+stage test_cuda_sampler 45 "$PACK/bin/test_cuda_sampler" --gtest_brief=1
 unset NVIDIA_TF32_OVERRIDE
 stage bench_hwaga 60 "$PACK/bin/bench_gpu_stage1" --iters 3
 # bench_gpu_t2i stops starting new runs after --budget s (building 3.9B random weights included).
@@ -181,6 +183,7 @@ PY
   done
   grep -hE "^\[  (FAILED|SKIPPED) +\]|tests? ran|PASSED" "$WORK"/test_cuda_*.log 2>/dev/null | sed 's/^/  /'
   grep -h "greedy codes equal" "$WORK"/test_cuda_t2i.log 2>/dev/null | sed 's/^/  /'
+  grep -hE "^\[ sampler \]|sampled codes equal" "$WORK"/test_cuda_sampler.log 2>/dev/null | sed 's/^/  /'
   grep -h "^# FAILED" "$WORK"/bench_*.log 2>/dev/null | sed 's/^/  /'
   grep -h "WARNING" "$WORK"/*.log 2>/dev/null | sort -u | head -n 5 | sed 's/^/  /'
   grep -h "^# .*cuda (" "$WORK"/bench_hwaga.log 2>/dev/null | sort -u | sed 's/^/  /'

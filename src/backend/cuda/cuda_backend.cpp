@@ -9,6 +9,7 @@
 
 #include "backend/cuda/conv_cudnn.h"
 #include "backend/cuda/cuda_context.h"
+#include "backend/cuda/cuda_sampler.h"
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/group_norm.cuh"
 #include "kernels/cuda/quantize.cuh"
@@ -438,6 +439,12 @@ class CudaBackend final : public Backend {
                                num_sms_, ctx_.stream);
     cache.len += T;
     return out;
+  }
+
+  // ---- sampling: kernels/cuda/sampler.cu, so that only the codes come back (cuda_sampler.h) ----
+  bool sample_rows(const Tensor& logits, int64_t n, float cfg_scale, const RowFilter& f, Rng* rngs, int32_t* codes,
+                   int64_t* nan_replaced) override {
+    return cuda::sample_rows(ctx_, act(logits, "sample_rows: logits"), n, cfg_scale, f, rngs, codes, nan_replaced);
   }
 
   // ---- for cuda_backend.h's helpers ----
