@@ -20,7 +20,7 @@ using namespace hwaga::train;
 namespace {
 
 // resolution 16, ch 32, ch_mult [1,2] (one downsampling -> 8x8), one res block, attention at 8,
-// z 32, E 8, K 16, depth 2: every kind of module, ~90k parameters.
+// z 32, E 8, K 16, depth 2: every kind of module, ~740k parameters.
 Stage1Config tiny_config(int K = 16, int D = 2) {
   Stage1Config c;
   c.type = "rq-vae";

@@ -3,7 +3,7 @@ tests/cli/test_train_tokenizer.py, tools/bench_train_stage1.py). Not a test itse
 
   TINY                      a tiny RQ-VAE config (16x16 -> 8x8x2 codes, K 16, E 8): every kind
                             of module (res blocks with and without nin_shortcut, attention,
-                            down/upsampling), ~90k parameters
+                            down/upsampling), ~740k parameters
   write_config(path, cfg)   the config as the JSON hwaga train-tokenizer --config reads
   make_shards(dir, ...)     WebDataset tars (Python's tarfile) of PNG pictures (smooth colour
                             gradients with a few flat rectangles) with .txt captions
