@@ -39,7 +39,8 @@ inline constexpr int64_t kMaxMemberBytes = int64_t(64) << 20;
 inline constexpr int kMaxWarningsPerShard = 20;
 
 struct DataStats {
-  int64_t samples = 0;          // complete samples (image + caption) read
+  int64_t samples = 0;          // complete samples (image + caption) read; those whose image
+                                // then fails to decode are also counted in bad_images
   int64_t bad_members = 0;
   int64_t bad_images = 0;
   int64_t missing_captions = 0;
