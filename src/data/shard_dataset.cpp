@@ -234,6 +234,12 @@ void ShardDataset::start_epoch(int64_t epoch) {
   ep_ = std::move(e);
 }
 
+DataStats ShardDataset::stats() const {
+  DataStats s = stats_;
+  if (ep_ && ep_->reader && !shard_seen_[ep_->cur_shard]) s.add(ep_->reader_stats);
+  return s;
+}
+
 // The next sample of the epoch's read order (shards one after another); false at its end.
 bool ShardDataset::pull_raw(RawSample& s) {
   Epoch& e = *ep_;

@@ -91,8 +91,8 @@ class ShardDataset {
   DataState state() const;
   void restore(const DataState& state);
   // Counts over the shards read so far, each shard counted once (its first reading in this
-  // process), plus the images that failed to decode (each once).
-  const DataStats& stats() const { return stats_; }
+  // process, the one being read now included), plus the images that failed to decode (each once).
+  DataStats stats() const;
   // Samples with an image and a caption in one epoch (images that later fail to decode
   // included: they are found only when decoded); known once a whole epoch has been read in
   // this process, -1 before.
