@@ -73,6 +73,20 @@ class TrainCli(unittest.TestCase):
               os.path.join(self.tmp, "fall-bf16.safetensors"), "--dtype", "bf16", check=True)
         p = hwaga("info", "-m", os.path.join(self.tmp, "fall-bf16.safetensors"), check=True)
         self.assertIn("rq-transformer", p.stdout)
+        # --init fine-tunes the exported model: its weights, config and tokenizer start the run,
+        # so the first loss is the trained model's (well below a fresh model's first loss).
+        ft = self.work("finetune")
+        p = hwaga("train", "--init", model, "--shards", self.shards, "--work-dir", ft, "--steps", "2",
+                  "--batch", "4", "--threads", "2", "--dropout", "0", "--lr", "1e-4", check=True)
+        self.assertIn("fine-tuning from", p.stderr)
+        self.assertLess(losses(ft)[0]["loss"], ls[0] - 0.5, (losses(ft)[0], ls[0]))
+        p = hwaga("train", "--init", model, "--shards", self.shards, "--work-dir", self.work("ft2"), "--steps", "2",
+                  "--config", self.cfg)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("drop --config", p.stderr)
+        p = hwaga("train", "--init", self.s1, "--shards", self.shards, "--work-dir", self.work("ft3"), "--steps", "2")
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("image tokenizer only", p.stderr)
 
     def test_resume_is_bitwise(self):
         a, b = self.work("full"), self.work("split")

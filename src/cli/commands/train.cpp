@@ -24,6 +24,10 @@
 // the optimizer options may be given again to change them). A resumed run is bit for bit the
 // run that was never stopped.
 //
+// --init MODEL fine-tunes a text-to-image model file: its stage-2 weights, config and text
+// tokenizer start the run (in f32, whatever the file's dtype), and its stage 1 encodes the
+// shards unless --tokenizer names another stage-1 file with the same codebook shape.
+//
 // Exit codes: 0 done, 1 error (files, data, a config that does not pair with the stage-1 model
 // or the tokenizer), 2 bad option value, 128+signal when interrupted (after saving).
 #include <cmath>
@@ -63,6 +67,7 @@ constexpr const char* kPrefix = "hwaga train: ";
 struct TrainCliOptions {
   CommonOptions common;
   std::string tokenizer, shards, config, text_tokenizer, work_dir, export_path, export_dtype = "f32";
+  std::string init;  // fine-tuning: a model file whose stage 2, tokenizer (and stage 1) start the run
   int context = 0;
   int64_t steps = 0, stop_after = 0, save_every = 0, sample_every = 0;
   int batch = 8;
@@ -249,10 +254,19 @@ int run_train(TrainCliOptions opt) {
     opt.batch = o.value("batch", opt.batch);
     opt.seed = o.value("seed", opt.seed);
   } else {
-    if (opt.tokenizer.empty()) usage_fail("--tokenizer STAGE1.safetensors is required (or --resume)");
     if (opt.shards.empty()) usage_fail("--shards is required (or --resume)");
-    if (opt.config.empty()) usage_fail("--config stage2.json is required (or --resume)");
-    if (opt.text_tokenizer.empty()) usage_fail("--text-tokenizer is required (bpe16k:VOCAB.json,MERGES.txt or spm:N)");
+    if (!opt.init.empty()) {
+      // Fine-tuning: the model file brings its config, text tokenizer and (by default) stage 1.
+      if (!opt.config.empty() || !opt.text_tokenizer.empty() || opt.context > 0)
+        usage_fail("--init ", opt.init, " takes the config, text tokenizer and context from the model file; "
+                   "drop --config/--text-tokenizer/--context");
+      if (opt.tokenizer.empty()) opt.tokenizer = opt.init;
+    } else {
+      if (opt.tokenizer.empty()) usage_fail("--tokenizer STAGE1.safetensors is required (or --resume, or --init MODEL)");
+      if (opt.config.empty()) usage_fail("--config stage2.json is required (or --resume, or --init MODEL)");
+      if (opt.text_tokenizer.empty())
+        usage_fail("--text-tokenizer is required (bpe16k:VOCAB.json,MERGES.txt or spm:N)");
+    }
     if (fs::exists(ckpt_path))
       usage_fail(work, " already holds a checkpoint; continue it with --resume or choose another --work-dir");
   }
@@ -275,7 +289,8 @@ int run_train(TrainCliOptions opt) {
     usage_fail(e.what());
   }
   TextTokSpec tspec;
-  if (!opt.resume) tspec = parse_text_tokenizer(opt.text_tokenizer);
+  if (!opt.resume && opt.init.empty()) tspec = parse_text_tokenizer(opt.text_tokenizer);
+  if (opt.resume && !opt.init.empty()) usage_fail("--init starts a new run; --resume continues one (not both)");
   if (opt.context < 0) usage_fail("--context must be positive, got ", opt.context);
 
   if (opt.common.device == "auto") opt.common.device = "cpu";  // training runs on the CPU
@@ -331,11 +346,24 @@ int run_train(TrainCliOptions opt) {
   std::unique_ptr<TextTokenizer> tok;
   Stage2Config cfg;
   TextSettings text;
+  SafetensorsFile init_file;  // --init
   if (opt.resume) {
     tok = text_tokenizer_from_json_text(rmeta.at("tokenizer").get<std::string>(), ckpt_path + ": train.tokenizer");
     cfg = stage2_config_from_json(rmeta.at("config").at("stage2"), ckpt_path + ": train.config.stage2");
     text.tokenizer = rmeta.at("config").at("text").at("tokenizer").get<std::string>();
     text.context_length = rmeta.at("config").at("text").at("context_length").get<int>();
+  } else if (!opt.init.empty()) {
+    init_file = read_model_file(opt.init);
+    const nlohmann::json mc = model_config(init_file);
+    if (!mc.contains("stage2"))
+      fail(opt.init, ": --init needs a text-to-image model file (config.stage2); this one is an image tokenizer only");
+    cfg = stage2_config_from_json(mc["stage2"], opt.init + ": config.stage2");
+    auto tj = init_file.metadata.find("tokenizer");
+    if (tj == init_file.metadata.end() || !mc.contains("text"))
+      fail(opt.init, ": --init needs a model with a text tokenizer (metadata \"tokenizer\")");
+    tok = text_tokenizer_from_json_text(tj->second, opt.init + ": tokenizer");
+    text.tokenizer = mc["text"].value("tokenizer", std::string());
+    text.context_length = mc["text"].value("context_length", 0);
   } else {
     cfg = read_config_file(opt.config);
     const int context = opt.context > 0 ? opt.context : (cfg.is_rq() ? cfg.rq.block_size_cond : 0);
@@ -345,8 +373,8 @@ int run_train(TrainCliOptions opt) {
     text.tokenizer = tspec.kind;
     text.context_length = context;
   }
-  check_pairing(cfg, opt.resume ? ckpt_path : opt.config, *stage1, s1path, codebook, *tok,
-                opt.resume ? "the checkpoint's" : opt.text_tokenizer);
+  check_pairing(cfg, opt.resume ? ckpt_path : !opt.init.empty() ? opt.init : opt.config, *stage1, s1path, codebook,
+                *tok, opt.resume ? "the checkpoint's" : !opt.init.empty() ? "the --init model's" : opt.text_tokenizer);
   const std::string tok_json = tok->to_json();
 
   // ---- model, optimizer, schedule ----
@@ -360,6 +388,11 @@ int run_train(TrainCliOptions opt) {
     restore_checkpoint(resumed, ckpt_path, tr.params(), &adam);
     start = rmeta.at("step").get<int64_t>();
     resumed = Checkpoint();
+  } else if (!opt.init.empty()) {
+    // stage2.* of the model file, converted to f32 (a bf16 export fine-tunes in f32).
+    tr.params().load_values(init_file.tensors, opt.init);
+    init_file = SafetensorsFile();
+    say("fine-tuning from " + opt.init);
   } else {
     tr.init_weights(opt.seed);
   }
@@ -378,7 +411,7 @@ int run_train(TrainCliOptions opt) {
                             {"seed", opt.seed},         {"save_every", opt.save_every},
                             {"sample_every", opt.sample_every}, {"sample_prompts", opt.sample_prompts},
                             {"betas", {0.9, 0.95}},     {"image_weight", to.image_weight},
-                            {"text_weight", to.text_weight}};
+                            {"text_weight", to.text_weight}, {"init", opt.init}};
   auto save = [&](int64_t step) {
     const int64_t g = step * opt.batch;
     nlohmann::json meta = {
@@ -493,6 +526,9 @@ Command reg("train", "Train the text-to-image transformer (stage 2) on tar shard
   sub.add_option("--sample-every", opt->sample_every, "write sample pictures every N steps (0 = never)");
   sub.add_option("--sample-prompt", opt->sample_prompts, "a prompt for the sample pictures (repeatable)");
   sub.add_flag("--resume", opt->resume, "continue WORK/checkpoint.safetensors");
+  sub.add_option("--init", opt->init,
+                 "fine-tune: start from a model file's stage 2 weights, config and text tokenizer (its stage 1 "
+                 "encodes the data unless --tokenizer is given)");
   sub.add_option("--export", opt->export_path, "write a model file for hwaga generate at the end");
   sub.add_option("--export-dtype", opt->export_dtype, "stage-2 dtype of --export: f32, bf16 or f16 (default f32)");
   sub.add_option("--dump-step", opt->dump_step, "")->group("");  // tests: the first step's gradients
