@@ -1,0 +1,298 @@
+#include "train/mindalle_gpt_trainer.h"
+
+#include <cstring>
+
+#include "core/error.h"
+#include "train/transformer_ops.h"
+
+namespace hwaga::train {
+
+// What one block's backward needs, for rows R = B*S.
+struct MindalleGptTrainer::BlockActs {
+  Tensor x;                   // [R,C] block input
+  Tensor ln1_mean, ln1_rstd;  // [R]
+  Tensor h1, q, k, v;         // [R,C]
+  Tensor probs;               // [B,H,S,S]
+  Tensor a;                   // [R,C] attention output (before proj)
+  Tensor x1;                  // [R,C] after the attention residual
+  Tensor ln2_mean, ln2_rstd;  // [R]
+  Tensor h2;                  // [R,C]
+  Tensor f, g;                // [R,4C] mlp.0 output, GELU(f)
+};
+
+MindalleGptTrainer::MindalleGptTrainer(const MindalleGptConfig& cfg, GptTrainerOptions opt) : cfg_(cfg), opt_(opt) {
+  Stage2Config sc;
+  sc.type = kStage2MindalleGpt;
+  sc.gpt = cfg;
+  validate_stage2_config(sc, "mindalle-gpt trainer");
+  for (const TensorSpec& s : stage2_tensor_specs(sc)) {
+    const std::string name = "stage2." + s.name;
+    ps_.add(name, s.shape, stage2_param_kind(name));
+  }
+  auto P = [&](const std::string& k) { return &ps_.get("stage2." + k); };
+  tok_emb_img_ = P("tok_emb_img.weight");
+  tok_emb_txt_ = P("tok_emb_txt.weight");
+  pos_emb_img_ = P("pos_emb_img.weight");
+  pos_emb_txt_ = P("pos_emb_txt.weight");
+  for (int i = 0; i < cfg.n_layers; ++i) {
+    const std::string pre = "blocks." + std::to_string(i) + ".";
+    BlockParams b;
+    b.ln1_w = P(pre + "ln1.weight");
+    b.ln1_b = P(pre + "ln1.bias");
+    b.key_w = P(pre + "attn.key.weight");
+    b.key_b = P(pre + "attn.key.bias");
+    b.query_w = P(pre + "attn.query.weight");
+    b.query_b = P(pre + "attn.query.bias");
+    b.value_w = P(pre + "attn.value.weight");
+    b.value_b = P(pre + "attn.value.bias");
+    b.proj_w = P(pre + "attn.proj.weight");
+    b.proj_b = P(pre + "attn.proj.bias");
+    b.ln2_w = P(pre + "ln2.weight");
+    b.ln2_b = P(pre + "ln2.bias");
+    b.mlp0_w = P(pre + "mlp.0.weight");
+    b.mlp0_b = P(pre + "mlp.0.bias");
+    b.mlp2_w = P(pre + "mlp.2.weight");
+    b.mlp2_b = P(pre + "mlp.2.bias");
+    blocks_.push_back(b);
+  }
+  ln_f_w_ = P("ln_f.weight");
+  ln_f_b_ = P("ln_f.bias");
+  head_img_ = P("head_img.weight");
+  head_txt_ = P("head_txt.weight");
+}
+
+void MindalleGptTrainer::init_weights(uint64_t seed) {
+  uint64_t stream = 0;
+  for (auto& p : ps_.all()) {
+    const std::string& n = p->name;
+    const bool ln = n.find(".ln") != std::string::npos;  // blocks.i.ln1/ln2 and stage2.ln_f
+    const bool bias = n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0;
+    float* v = p->v();
+    if (ln) std::fill(v, v + p->numel(), bias ? 0.0f : 1.0f);
+    else if (bias) std::fill(v, v + p->numel(), 0.0f);
+    else fill_normal(*p, 0.0f, 0.02f, seed, stream);  // Linear / Embedding weights
+    ++stream;
+  }
+}
+
+void MindalleGptTrainer::check_batch(const GptBatch& b) const {
+  const Tensor& t = b.text;
+  const Tensor& c = b.codes;
+  HWAGA_CHECK(c.defined() && c.dtype() == DType::I32 && c.ndim() == 4 && c.dim(3) == 1 &&
+                  c.dim(1) * c.dim(2) == cfg_.ctx_len_img,
+              "mindalle-gpt trainer: codes must be int32 [B,h,w,1] with h*w = ctx_len_img ", cfg_.ctx_len_img,
+              ", found ", c.defined() ? shape_str(c.shape()) : std::string("none"));
+  HWAGA_CHECK(t.defined() && t.dtype() == DType::I32 && t.ndim() == 2 && t.dim(0) == c.dim(0) &&
+                  t.dim(1) == cfg_.ctx_len_txt,
+              "mindalle-gpt trainer: text ids must be int32 [", c.dim(0), ",", cfg_.ctx_len_txt, "], found ",
+              t.defined() ? shape_str(t.shape()) : std::string("none"));
+  for (int64_t i = 0; i < t.numel(); ++i)
+    HWAGA_CHECK(t.ptr<int32_t>()[i] >= 0 && t.ptr<int32_t>()[i] < cfg_.vocab_size_txt, "mindalle-gpt trainer: text id ",
+                t.ptr<int32_t>()[i], " outside [0, ", cfg_.vocab_size_txt, ")");
+  for (int64_t i = 0; i < c.numel(); ++i)
+    HWAGA_CHECK(c.ptr<int32_t>()[i] >= 0 && c.ptr<int32_t>()[i] < cfg_.vocab_size_img, "mindalle-gpt trainer: code ",
+                c.ptr<int32_t>()[i], " outside [0, ", cfg_.vocab_size_img, ")");
+}
+
+// ---------------------------------------------------------------- one block
+
+void MindalleGptTrainer::block_forward(const BlockParams& p, BlockActs& a, const float* x, float* y, int64_t B,
+                                       int64_t S, float dropout, uint64_t seed, uint64_t stream0) {
+  const int64_t C = cfg_.embed_dim, R = B * S, F = int64_t(kStage2MlpRatio) * C, H = cfg_.n_heads;
+  a.x = Tensor::empty({R, C});
+  std::memcpy(a.x.f32(), x, size_t(R * C) * sizeof(float));
+  a.ln1_mean = Tensor::empty({R});
+  a.ln1_rstd = Tensor::empty({R});
+  a.h1 = Tensor::empty({R, C});
+  layer_norm_fwd(x, p.ln1_w->v(), p.ln1_b->v(), a.h1.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), R, C, kStage2LnEps);
+  a.q = Tensor::empty({R, C});
+  a.k = Tensor::empty({R, C});
+  a.v = Tensor::empty({R, C});
+  linear_fwd(a.h1.f32(), p.query_w->v(), p.query_b->v(), a.q.f32(), R, C, C);
+  linear_fwd(a.h1.f32(), p.key_w->v(), p.key_b->v(), a.k.f32(), R, C, C);
+  linear_fwd(a.h1.f32(), p.value_w->v(), p.value_b->v(), a.v.f32(), R, C, C);
+  a.probs = Tensor::empty({B, H, S, S});
+  a.a = Tensor::empty({R, C});
+  attention_fwd(a.q.f32(), a.k.f32(), a.v.f32(), a.probs.f32(), a.a.f32(), B, S, H, C / H);
+  Tensor t = Tensor::empty({R, C});
+  linear_fwd(a.a.f32(), p.proj_w->v(), p.proj_b->v(), t.f32(), R, C, C);
+  dropout_apply(t.f32(), R * C, dropout, seed, stream0);
+  a.x1 = Tensor::empty({R, C});
+  for (int64_t i = 0; i < R * C; ++i) a.x1.f32()[i] = x[i] + t.f32()[i];
+  a.ln2_mean = Tensor::empty({R});
+  a.ln2_rstd = Tensor::empty({R});
+  a.h2 = Tensor::empty({R, C});
+  layer_norm_fwd(a.x1.f32(), p.ln2_w->v(), p.ln2_b->v(), a.h2.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), R, C,
+                 kStage2LnEps);
+  a.f = Tensor::empty({R, F});
+  a.g = Tensor::empty({R, F});
+  linear_fwd(a.h2.f32(), p.mlp0_w->v(), p.mlp0_b->v(), a.f.f32(), R, C, F);
+  gelu_fwd(a.f.f32(), a.g.f32(), R * F);
+  linear_fwd(a.g.f32(), p.mlp2_w->v(), p.mlp2_b->v(), t.f32(), R, F, C);
+  dropout_apply(t.f32(), R * C, dropout, seed, stream0 + 1);
+  for (int64_t i = 0; i < R * C; ++i) y[i] = a.x1.f32()[i] + t.f32()[i];
+}
+
+// dy [R,C] (overwritten as scratch) -> dx [R,C] (written). dx may not alias dy.
+void MindalleGptTrainer::block_backward(const BlockParams& p, const BlockActs& a, float* dy, float* dx, int64_t B,
+                                        int64_t S, float dropout, uint64_t seed, uint64_t stream0) {
+  const int64_t C = cfg_.embed_dim, R = B * S, F = int64_t(kStage2MlpRatio) * C, H = cfg_.n_heads;
+  // y = x1 + drop(mlp.2(g)): dx1 = dy + the LN2 path
+  std::memcpy(dx, dy, size_t(R * C) * sizeof(float));  // dx holds dx1 for now
+  dropout_apply(dy, R * C, dropout, seed, stream0 + 1);  // d(mlp.2 out)
+  Tensor dg = Tensor::empty({R, F});
+  linear_bwd(a.g.f32(), p.mlp2_w->v(), dy, dg.f32(), p.mlp2_w->g(), p.mlp2_b->g(), R, F, C);
+  gelu_bwd(a.f.f32(), dg.f32(), dg.f32(), R * F);
+  Tensor dh = Tensor::empty({R, C});
+  linear_bwd(a.h2.f32(), p.mlp0_w->v(), dg.f32(), dh.f32(), p.mlp0_w->g(), p.mlp0_b->g(), R, C, F);
+  dg = Tensor();
+  layer_norm_bwd(a.x1.f32(), p.ln2_w->v(), a.ln2_mean.f32(), a.ln2_rstd.f32(), dh.f32(), dx, p.ln2_w->g(),
+                 p.ln2_b->g(), R, C, /*accumulate_dx=*/true);
+  // x1 = x + drop(proj(a)): dx = dx1 + the LN1 path
+  std::memcpy(dy, dx, size_t(R * C) * sizeof(float));
+  dropout_apply(dy, R * C, dropout, seed, stream0);  // d(proj out)
+  Tensor da = Tensor::empty({R, C});
+  linear_bwd(a.a.f32(), p.proj_w->v(), dy, da.f32(), p.proj_w->g(), p.proj_b->g(), R, C, C);
+  Tensor dq = Tensor::empty({R, C}), dk = Tensor::empty({R, C}), dv = Tensor::empty({R, C});
+  attention_bwd(a.q.f32(), a.k.f32(), a.v.f32(), a.probs.f32(), da.f32(), dq.f32(), dk.f32(), dv.f32(), B, S, H,
+                C / H);
+  linear_bwd(a.h1.f32(), p.query_w->v(), dq.f32(), dh.f32(), p.query_w->g(), p.query_b->g(), R, C, C);
+  linear_bwd(a.h1.f32(), p.key_w->v(), dk.f32(), dh.f32(), p.key_w->g(), p.key_b->g(), R, C, C, true);
+  linear_bwd(a.h1.f32(), p.value_w->v(), dv.f32(), dh.f32(), p.value_w->g(), p.value_b->g(), R, C, C, true);
+  layer_norm_bwd(a.x.f32(), p.ln1_w->v(), a.ln1_mean.f32(), a.ln1_rstd.f32(), dh.f32(), dx, p.ln1_w->g(),
+                 p.ln1_b->g(), R, C, /*accumulate_dx=*/true);
+}
+
+// ---------------------------------------------------------------- the model
+
+GptLoss MindalleGptTrainer::forward_backward(const GptBatch& batch, uint64_t dropout_seed, int64_t step) {
+  return run(batch, true, opt_.dropout, dropout_seed, step, nullptr, nullptr);
+}
+
+GptLoss MindalleGptTrainer::evaluate(const GptBatch& batch, Tensor* logits, Tensor* text_logits) {
+  return run(batch, false, 0.0f, 0, 0, logits, text_logits);
+}
+
+GptLoss MindalleGptTrainer::run(const GptBatch& batch, bool backward, float dropout, uint64_t seed, int64_t step,
+                                Tensor* logits_out, Tensor* text_logits_out) {
+  check_batch(batch);
+  const int64_t B = batch.codes.dim(0), C = cfg_.embed_dim, K = cfg_.vocab_size_img, V = cfg_.vocab_size_txt;
+  const int64_t L = cfg_.ctx_len_txt, T = cfg_.ctx_len_img, S = L + T - 1, Tm = T - 1;
+  const int32_t* codes = batch.codes.ptr<int32_t>();  // [B,T] raster order
+  const int32_t* text = batch.text.ptr<int32_t>();    // [B,L]
+
+  // ---- input X [B*S,C]: [txt_i + pos_txt_i]_{i<L} ++ [img_j + pos_img_j]_{j<T-1} ----
+  std::vector<int32_t> img_in(size_t(B * Tm));  // the codes fed as inputs (all but the last)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < Tm; ++j) img_in[size_t(b * Tm + j)] = codes[b * T + j];
+  Tensor X = Tensor::empty({B * S, C});
+  {
+    Tensor Xt = Tensor::empty({B * L, C}), Xi = Tensor::empty({B * Tm, C});
+    embedding_fwd(tok_emb_txt_->v(), text, Xt.f32(), B * L, C);
+    add_pos_fwd(Xt.f32(), pos_emb_txt_->v(), B * L, L, C);
+    if (Tm > 0) {
+      embedding_fwd(tok_emb_img_->v(), img_in.data(), Xi.f32(), B * Tm, C);
+      add_pos_fwd(Xi.f32(), pos_emb_img_->v(), B * Tm, Tm, C);  // rows 0..T-2 of pos_emb_img
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      std::memcpy(X.f32() + b * S * C, Xt.f32() + b * L * C, size_t(L * C) * sizeof(float));
+      std::memcpy(X.f32() + (b * S + L) * C, Xi.f32() + b * Tm * C, size_t(Tm * C) * sizeof(float));
+    }
+  }
+
+  // ---- the causal stack ----
+  std::vector<BlockActs> acts(blocks_.size());
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    Tensor Y = Tensor::empty({B * S, C});
+    block_forward(blocks_[i], acts[i], X.f32(), Y.f32(), B, S, dropout, seed, dropout_stream(step, uint32_t(2 * i)));
+    X = Y;
+  }
+  const Tensor out = X;  // [B*S,C] before ln_f
+
+  // ---- ln_f on every output; the heads read disjoint rows ----
+  Tensor lnf_mean = Tensor::empty({B * S}), lnf_rstd = Tensor::empty({B * S}), Hs = Tensor::empty({B * S, C});
+  layer_norm_fwd(out.f32(), ln_f_w_->v(), ln_f_b_->v(), Hs.f32(), lnf_mean.f32(), lnf_rstd.f32(), B * S, C,
+                 kStage2LnEps);
+  const int64_t NI = B * T, NT = B * (L - 1);
+  Tensor Hi = Tensor::empty({NI, C});  // outputs L-1..S-1: predict codes 0..T-1
+  for (int64_t b = 0; b < B; ++b)
+    std::memcpy(Hi.f32() + b * T * C, Hs.f32() + (b * S + L - 1) * C, size_t(T * C) * sizeof(float));
+  Tensor logits = Tensor::empty({NI, K});
+  linear_fwd(Hi.f32(), head_img_->v(), nullptr, logits.f32(), NI, C, K);
+  GptLoss res;
+  std::vector<float> wi(size_t(NI), 1.0f / float(NI));
+  Tensor dlogits = backward ? Tensor::empty({NI, K}) : Tensor();
+  res.image_loss = cross_entropy(logits.f32(), codes, wi.data(), backward ? dlogits.f32() : nullptr, opt_.image_weight,
+                                 NI, K);
+  if (logits_out) *logits_out = logits.reshape({B, batch.codes.dim(1), batch.codes.dim(2), 1, K});
+  logits = Tensor();
+
+  // ---- text head: outputs 0..L-2 predict y_1..y_{L-1}, PAD targets left out ----
+  Tensor Ht, dtxt;
+  if (NT > 0) {
+    Ht = Tensor::empty({NT, C});
+    std::vector<int32_t> tgt(static_cast<size_t>(NT));
+    std::vector<float> wt(static_cast<size_t>(NT), 0.0f);
+    for (int64_t b = 0; b < B; ++b) {
+      std::memcpy(Ht.f32() + b * (L - 1) * C, Hs.f32() + b * S * C, size_t((L - 1) * C) * sizeof(float));
+      for (int64_t t = 0; t + 1 < L; ++t) tgt[size_t(b * (L - 1) + t)] = text[b * L + t + 1];
+    }
+    for (int64_t n = 0; n < NT; ++n)
+      if (tgt[size_t(n)] != opt_.text_pad_id) res.text_targets++;
+    for (int64_t n = 0; n < NT; ++n)
+      if (tgt[size_t(n)] != opt_.text_pad_id) wt[size_t(n)] = 1.0f / float(res.text_targets);
+    Tensor tl = Tensor::empty({NT, V});
+    linear_fwd(Ht.f32(), head_txt_->v(), nullptr, tl.f32(), NT, C, V);
+    if (backward) dtxt = Tensor::empty({NT, V});
+    if (res.text_targets > 0)
+      res.text_loss =
+          cross_entropy(tl.f32(), tgt.data(), wt.data(), backward ? dtxt.f32() : nullptr, opt_.text_weight, NT, V);
+    else if (backward)
+      std::memset(dtxt.data(), 0, dtxt.nbytes());
+    if (text_logits_out) *text_logits_out = tl.reshape({B, L - 1, V});
+  }
+  res.loss = double(opt_.image_weight) * res.image_loss + double(opt_.text_weight) * res.text_loss;
+  if (!backward) return res;
+
+  // ================================================================ backward
+  // heads -> dHs [B*S,C] (text rows 0..L-2 and image rows L-1..S-1 cover every row once)
+  Tensor dHs = Tensor::empty({B * S, C});
+  {
+    Tensor dHi = Tensor::empty({NI, C});
+    linear_bwd(Hi.f32(), head_img_->v(), dlogits.f32(), dHi.f32(), head_img_->g(), nullptr, NI, C, K);
+    dlogits = Tensor();
+    for (int64_t b = 0; b < B; ++b)
+      std::memcpy(dHs.f32() + (b * S + L - 1) * C, dHi.f32() + b * T * C, size_t(T * C) * sizeof(float));
+  }
+  if (NT > 0) {
+    Tensor dHt = Tensor::empty({NT, C});
+    linear_bwd(Ht.f32(), head_txt_->v(), dtxt.f32(), dHt.f32(), head_txt_->g(), nullptr, NT, C, V);
+    for (int64_t b = 0; b < B; ++b)
+      std::memcpy(dHs.f32() + b * S * C, dHt.f32() + b * (L - 1) * C, size_t((L - 1) * C) * sizeof(float));
+  }
+  Tensor dX = Tensor::empty({B * S, C});
+  layer_norm_bwd(out.f32(), ln_f_w_->v(), lnf_mean.f32(), lnf_rstd.f32(), dHs.f32(), dX.f32(), ln_f_w_->g(),
+                 ln_f_b_->g(), B * S, C);
+  dHs = Tensor();
+  for (size_t i = blocks_.size(); i-- > 0;) {
+    Tensor dXin = Tensor::empty({B * S, C});
+    block_backward(blocks_[i], acts[i], dX.f32(), dXin.f32(), B, S, dropout, seed, dropout_stream(step, uint32_t(2 * i)));
+    acts[i] = BlockActs();
+    dX = dXin;
+  }
+  // input rows -> token tables and positional tables
+  Tensor dXt = Tensor::empty({B * L, C}), dXi = Tensor::empty({B * Tm, C});
+  for (int64_t b = 0; b < B; ++b) {
+    std::memcpy(dXt.f32() + b * L * C, dX.f32() + b * S * C, size_t(L * C) * sizeof(float));
+    std::memcpy(dXi.f32() + b * Tm * C, dX.f32() + (b * S + L) * C, size_t(Tm * C) * sizeof(float));
+  }
+  embedding_bwd(text, dXt.f32(), tok_emb_txt_->g(), B * L, C);
+  add_pos_bwd(dXt.f32(), pos_emb_txt_->g(), B * L, L, C);
+  if (Tm > 0) {
+    embedding_bwd(img_in.data(), dXi.f32(), tok_emb_img_->g(), B * Tm, C);
+    add_pos_bwd(dXi.f32(), pos_emb_img_->g(), B * Tm, Tm, C);
+  }
+  return res;
+}
+
+}  // namespace hwaga::train
