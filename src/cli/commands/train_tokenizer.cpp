@@ -4,12 +4,15 @@
 //                       [--eval-shards SPEC] [--eval-count 16] [--no-flip] [--shuffle-buffer 1000]
 //                       [--stop-after K] [--resume] [-o model.safetensors] [--export-only] [--threads N]
 //
-// Trains an RQ-VAE image tokenizer (stage 1) on the CPU from tar shards (architecture.md §1.6,
-// §6.1; train/rqvae_trainer.h): pictures resized on the short side to the config's resolution,
-// random crop, horizontal flip, in [-1,1]; loss = MSE + 0.25 commitment; EMA codebook with
-// restarts of dead codes; Adam (β 0.5/0.9, no decay) with linear warm-up, then constant (the
-// reference's "cosine to min_lr = lr"; --min-lr below --lr gives a real cosine to --steps).
-// No LPIPS or GAN terms.
+// Trains an image tokenizer (stage 1) on the CPU from tar shards: an RQ-VAE (architecture.md
+// §1.6, §6.1; train/rqvae_trainer.h) or, when the config's type is "vqgan", minDALL-E's VQGAN
+// (§4.1; train/vqgan_trainer.h). Pictures resized on the short side to the config's resolution,
+// random crop, horizontal flip, in [-1,1]. RQ-VAE: loss = MSE + 0.25 commitment; EMA codebook
+// with restarts of dead codes. VQGAN: loss = L1 + commitment + 0.25 codebook term (taming's
+// legacy weighting), the codebook trained by its gradient. Both: Adam (β 0.5/0.9, no decay) with
+// linear warm-up, then constant (the reference's "cosine to min_lr = lr"; --min-lr below --lr
+// gives a real cosine to --steps); the default lr 4e-5 serves both (taming's VQGAN rule,
+// 4.5e-6 x batch, gives 3.6e-5 at batch 8). No LPIPS or GAN terms.
 //
 // WORK holds checkpoint.safetensors (every --save-every steps, at the end, and on SIGINT/SIGTERM,
 // then exit 130/143; written atomically), train.jsonl (one line per step: loss, recon,
@@ -50,6 +53,7 @@
 #include "train/optim.h"
 #include "train/rqvae_trainer.h"
 #include "train/train_log.h"
+#include "train/vqgan_trainer.h"
 
 namespace hwaga::cli {
 namespace {
@@ -58,7 +62,8 @@ namespace fs = std::filesystem;
 using namespace hwaga::train;
 
 constexpr const char* kPrefix = "hwaga train-tokenizer: ";
-constexpr const char* kStage = "rq-vae";
+// A checkpoint's "stage" is the config's type: "rq-vae" or "vqgan".
+bool is_tokenizer_stage(const std::string& s) { return s == "rq-vae" || s == "vqgan"; }
 
 struct TokOptions {
   CommonOptions common;
@@ -98,7 +103,8 @@ Stage1Config preset_config(const std::string& name) {
 }
 
 // A stage-1 JSON config: the "stage1" object of a model file's config, or that object itself;
-// type (rq-vae), in_channels/out_ch (3) and shared_codebook (true) may be left out.
+// type (rq-vae), in_channels/out_ch (3) and shared_codebook (true) may be left out, and a
+// vqgan's code_shape ([h, w, 1] of the latent).
 Stage1Config read_config_file(const std::string& path) {
   std::ifstream f(path);
   if (!f) fail("--config: cannot read ", path);
@@ -113,19 +119,93 @@ Stage1Config read_config_file(const std::string& path) {
   for (auto [k, v] : {std::pair<const char*, nlohmann::json>{"type", "rq-vae"}, {"in_channels", 3}, {"out_ch", 3},
                       {"shared_codebook", true}})
     if (!j.contains(k)) j[k] = v;
-  Stage1Config c = stage1_config_from_json(j, path);
-  if (!c.is_rq()) fail(path, ": type \"", c.type, "\": hwaga train-tokenizer trains RQ-VAEs only (type \"rq-vae\")");
-  return c;
+  if (j["type"] == "vqgan" && !j.contains("code_shape") && j.value("resolution", nlohmann::json()).is_number_integer() &&
+      j.value("ch_mult", nlohmann::json()).is_array() && !j["ch_mult"].empty()) {
+    const int h = j["resolution"].get<int>() >> (int(j["ch_mult"].size()) - 1);
+    j["code_shape"] = {h, h, 1};
+  }
+  return stage1_config_from_json(j, path);  // its type is checked there: "rq-vae" or "vqgan"
 }
 
 std::string describe(const Stage1Config& c, int64_t params) {
   std::string mult;
   for (int m : c.net.ch_mult) mult += (mult.empty() ? "" : ",") + std::to_string(m);
   char buf[256];
-  std::snprintf(buf, sizeof buf, "RQ-VAE %dx%d -> %dx%dx%d codes, K %d, E %d, ch %d x [%s], %d res blocks, %s parameters",
-                c.net.resolution, c.net.resolution, c.code_shape[0], c.code_shape[1], c.code_shape[2], c.n_embed,
+  std::snprintf(buf, sizeof buf, "%s %dx%d -> %dx%dx%d codes, K %d, E %d, ch %d x [%s], %d res blocks, %s parameters",
+                c.is_rq() ? "RQ-VAE" : "VQGAN", c.net.resolution, c.net.resolution, c.code_shape[0], c.code_shape[1], c.code_shape[2], c.n_embed,
                 c.embed_dim, c.net.ch, mult.c_str(), c.net.num_res_blocks, human_count(params).c_str());
   return buf;
+}
+
+// ---- the two tokenizers behind one interface: the loop, checkpoints, resume, export and eval
+// below are the same for both ----
+
+struct TokStepStats {
+  double loss = 0, recon = 0, commitment = 0, perplexity = 0;
+  int64_t codes_used = 0, restarted = 0;
+};
+
+class TokenizerTrainer {
+ public:
+  virtual ~TokenizerTrainer() = default;
+  virtual ParamSet& params() = 0;
+  // gradients added to params() (zero_grad first); step_seed seeds what the step draws
+  virtual TokStepStats train_step(const Tensor& x, uint64_t step_seed) = 0;
+  virtual Tensor reconstruct(const Tensor& x) = 0;
+  virtual TensorMap model_tensors() const = 0;  // the "stage1.*" tensors of a model file
+  virtual void load_model_tensors(const TensorMap& m, const std::string& source) = 0;
+  virtual void dump_step(TensorMap& dump) const = 0;  // --dump-step: codes (and restart draws)
+  virtual nlohmann::json loss_options() = 0;          // recorded in the checkpoint's options
+};
+
+class RqvaeTokTrainer final : public TokenizerTrainer {
+ public:
+  RqvaeTokTrainer(const Stage1Config& c, uint64_t seed) : t_(c, seed) {}
+  ParamSet& params() override { return t_.params(); }
+  TokStepStats train_step(const Tensor& x, uint64_t step_seed) override {
+    const RqvaeStepStats s = t_.train_step(x, step_seed);
+    return {s.loss, s.recon, s.commitment, s.perplexity, s.codes_used, s.restarted};
+  }
+  Tensor reconstruct(const Tensor& x) override { return t_.reconstruct(x); }
+  TensorMap model_tensors() const override { return t_.model_tensors(); }
+  void load_model_tensors(const TensorMap& m, const std::string& src) override { t_.load_model_tensors(m, src); }
+  void dump_step(TensorMap& dump) const override {
+    dump["codes"] = t_.last_codes().clone();
+    for (size_t d = 0; d < t_.last_restart_vectors().size(); ++d)
+      dump["restart." + std::to_string(d)] = t_.last_restart_vectors()[d];
+  }
+  nlohmann::json loss_options() override {
+    return {{"commitment_weight", t_.options().commitment_weight}, {"decay", t_.options().decay}};
+  }
+
+ private:
+  RqvaeTrainer t_;
+};
+
+class VqganTokTrainer final : public TokenizerTrainer {
+ public:
+  VqganTokTrainer(const Stage1Config& c, uint64_t seed) : t_(c, seed) {}
+  ParamSet& params() override { return t_.params(); }
+  TokStepStats train_step(const Tensor& x, uint64_t) override {  // a VQGAN step draws nothing
+    const VqganStepStats s = t_.train_step(x);
+    return {s.loss, s.recon, s.commitment, s.perplexity, s.codes_used, 0};
+  }
+  Tensor reconstruct(const Tensor& x) override { return t_.reconstruct(x); }
+  TensorMap model_tensors() const override { return t_.model_tensors(); }
+  void load_model_tensors(const TensorMap& m, const std::string& src) override { t_.load_model_tensors(m, src); }
+  void dump_step(TensorMap& dump) const override { dump["codes"] = t_.last_codes().clone(); }
+  nlohmann::json loss_options() override {
+    const VqganTrainOptions& o = t_.options();
+    return {{"recon", o.l1 ? "l1" : "mse"}, {"beta", o.beta}, {"legacy", o.legacy}};
+  }
+
+ private:
+  VqganTrainer t_;
+};
+
+std::unique_ptr<TokenizerTrainer> make_trainer(const Stage1Config& c, uint64_t seed) {
+  if (c.is_rq()) return std::make_unique<RqvaeTokTrainer>(c, seed);
+  return std::make_unique<VqganTokTrainer>(c, seed);
 }
 
 // ---- fixed pictures (samples, eval) ----
@@ -151,7 +231,7 @@ Tensor fixed_pictures(const std::vector<std::string>& shards, int n, int R) {
   return t;
 }
 
-Tensor reconstruct_all(RqvaeTrainer& tr, const Tensor& x) {
+Tensor reconstruct_all(TokenizerTrainer& tr, const Tensor& x) {
   Tensor out = Tensor::empty(x.shape());
   const int64_t n = x.dim(0), per = x.numel() / std::max<int64_t>(1, n);
   for (int64_t b = 0; b < n; b += 8) {
@@ -188,7 +268,7 @@ void write_sample_grid(const std::string& path, const Tensor& x, const Tensor& r
                       {"hwaga.step", std::to_string(step)}});
 }
 
-void export_model(const std::string& path, const Stage1Config& cfg, const RqvaeTrainer& tr, int64_t step) {
+void export_model(const std::string& path, const Stage1Config& cfg, const TokenizerTrainer& tr, int64_t step) {
   nlohmann::json config = {{"stage1", stage1_config_to_json(cfg)}};
   write_safetensors(path, tr.model_tensors(),
                     {{"format", kModelFormat},
@@ -218,9 +298,9 @@ int run_train_tokenizer(TokOptions opt) {
       fail(opt.resume ? "--resume" : "--export-only", ": there is no checkpoint in ", work, " (", ckpt_path, ")");
     resumed = read_checkpoint(ckpt_path);
     rmeta = resumed.meta;
-    if (rmeta.value("stage", std::string()) != kStage)
+    if (!is_tokenizer_stage(rmeta.value("stage", std::string())))
       fail(ckpt_path, ": a checkpoint of stage \"", rmeta.value("stage", std::string("?")),
-           "\", not of the image tokenizer (\"", kStage, "\"; hwaga train writes stage-2 checkpoints)");
+           "\", not of an image tokenizer (\"rq-vae\" or \"vqgan\"; hwaga train writes stage-2 checkpoints)");
     if (opt.given("--config") || opt.given("--preset") || opt.given("--init"))
       usage_fail("--config/--preset/--init cannot change the model of a checkpoint (start a new --work-dir)");
   }
@@ -229,7 +309,8 @@ int run_train_tokenizer(TokOptions opt) {
     check_output_dir(opt.output, "-o");
     apply_common(opt.common);
     const Stage1Config cfg = stage1_config_from_json(rmeta.at("config").at("stage1"), ckpt_path + ": train.config.stage1");
-    RqvaeTrainer tr(cfg, 0);
+    std::unique_ptr<TokenizerTrainer> trp = make_trainer(cfg, 0);
+    TokenizerTrainer& tr = *trp;
     restore_checkpoint(resumed, ckpt_path, tr.params(), nullptr);
     const int64_t step = rmeta.at("step").get<int64_t>();
     export_model(opt.output, cfg, tr, step);
@@ -301,14 +382,14 @@ int run_train_tokenizer(TokOptions opt) {
     const nlohmann::json mc = model_config(*init_file);
     if (!mc.contains("stage1")) fail(opt.init, ": not an image tokenizer file (no config.stage1)");
     const Stage1Config fc = stage1_config_from_json(mc["stage1"], opt.init + ": config.stage1");
-    if (!fc.is_rq()) fail(opt.init, ": the stage-1 model is a ", fc.type, "; hwaga train-tokenizer trains RQ-VAEs");
     cfg = opt.config.empty() ? (opt.preset.empty() ? fc : preset_config(opt.preset)) : read_config_file(opt.config);
     if (stage1_config_to_json(cfg) != stage1_config_to_json(fc))
       fail(opt.init, ": its stage-1 config differs from the one given with --config/--preset");
   } else {
     cfg = opt.config.empty() ? preset_config(opt.preset) : read_config_file(opt.config);
   }
-  RqvaeTrainer tr(cfg, opt.seed);
+  std::unique_ptr<TokenizerTrainer> trp = make_trainer(cfg, opt.seed);
+  TokenizerTrainer& tr = *trp;
   AdamW adam(AdamWOptions{float(opt.beta1), float(opt.beta2), 1e-8f, 0.0f});
   int64_t start = 0;
   if (opt.resume) {
@@ -363,16 +444,17 @@ int run_train_tokenizer(TokOptions opt) {
       {"min_lr", opt.min_lr},       {"warmup", opt.warmup},         {"beta1", opt.beta1},
       {"beta2", opt.beta2},         {"seed", opt.seed},             {"save_every", opt.save_every},
       {"sample_every", opt.sample_every}, {"eval_count", opt.eval_count}, {"shuffle_buffer", opt.shuffle_buffer},
-      {"no_flip", opt.no_flip},     {"commitment_weight", tr.options().commitment_weight},
-      {"decay", tr.options().decay}};
+      {"no_flip", opt.no_flip}};
+  nlohmann::json options_all = options;
+  options_all.update(tr.loss_options());
   auto save = [&](int64_t step) {
     const data::DataState st = ds.state();
-    nlohmann::json meta = {{"stage", kStage},
+    nlohmann::json meta = {{"stage", cfg.type},
                            {"step", step},
                            {"config", {{"stage1", stage1_config_to_json(cfg)}}},
                            {"shards", shards},
                            {"eval_shards", eval_shards},
-                           {"options", options},
+                           {"options", options_all},
                            {"data", {{"epoch", st.epoch}, {"consumed", st.consumed}}}};
     save_checkpoint(ckpt_path, tr.params(), &adam, {}, meta);
   };
@@ -391,7 +473,7 @@ int run_train_tokenizer(TokOptions opt) {
                                              {"params", tr.params().num_trainable()},
                                              {"shards", shards.size()},
                                              {"config", stage1_config_to_json(cfg)},
-                                             {"options", options}});
+                                             {"options", options_all}});
   say(describe(cfg, tr.params().num_trainable()) + "; " + std::to_string(shards.size()) + " shard(s), batch " +
       std::to_string(opt.batch) + ", " + std::to_string(num_threads()) + " threads");
   if (start >= end) say("the checkpoint is already at step " + std::to_string(start) + " of " + std::to_string(opt.steps));
@@ -414,14 +496,12 @@ int run_train_tokenizer(TokOptions opt) {
       for (auto& p : tr.params().all()) dump["before." + p->name] = p->value.clone();
     }
     tr.params().zero_grad();
-    const RqvaeStepStats st = tr.train_step(x, mix_seed(opt.seed, uint64_t(step), 0x5271));
+    const TokStepStats st = tr.train_step(x, mix_seed(opt.seed, uint64_t(step), 0x5271));
     const float lr = sched.at(step);
     if (!dump.empty()) {
       for (auto& p : tr.params().all())
         if (p->grad.defined()) dump["grad." + p->name] = p->grad.clone();
-      dump["codes"] = tr.last_codes().clone();
-      for (size_t d = 0; d < tr.last_restart_vectors().size(); ++d)
-        dump["restart." + std::to_string(d)] = tr.last_restart_vectors()[d];
+      tr.dump_step(dump);
     }
     const double gnorm = tr.params().clip_grad_norm(0.0f);  // the norm only (and the NaN check)
     adam.step(tr.params(), lr);
@@ -492,7 +572,7 @@ int run_train_tokenizer(TokOptions opt) {
   return 0;
 }
 
-Command reg("train-tokenizer", "Train the image tokenizer (an RQ-VAE, stage 1) on tar shards", [](CLI::App& sub) {
+Command reg("train-tokenizer", "Train the image tokenizer (stage 1: an RQ-VAE or a VQGAN) on tar shards", [](CLI::App& sub) {
   auto opt = std::make_shared<TokOptions>();
   opt->app = &sub;
   sub.add_option("--shards", opt->shards, "tar shards: a folder, a list a.tar,b.tar, a range {00000..00009} or a glob");
