@@ -39,9 +39,11 @@ std::string export_stage2_checkpoint(const std::string& checkpoint, const std::s
                                      const std::string& stage1_override) {
   Checkpoint ck = read_checkpoint(checkpoint);
   const nlohmann::json& m = ck.meta;
-  if (m.value("stage", std::string()) != kStage2RqTransformer)
+  const std::string stage = m.value("stage", std::string());
+  if (stage != kStage2RqTransformer && stage != kStage2MindalleGpt)
     fail(checkpoint, " is a training checkpoint of stage \"", m.value("stage", std::string("?")),
-         "\", not of a text-to-image transformer (\"", kStage2RqTransformer, "\"): nothing to export here");
+         "\", not of a text-to-image transformer (\"", kStage2RqTransformer, "\" or \"", kStage2MindalleGpt,
+         "\"): nothing to export here");
   Stage2Config s2;
   TextSettings text;
   std::string tok;

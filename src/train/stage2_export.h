@@ -29,7 +29,8 @@ void write_stage2_model(const std::string& out, const SafetensorsFile& stage1_fi
                         const TensorMap& stage2_tensors, const TextSettings& text, const std::string& tokenizer_json,
                         DType dtype, const std::map<std::string, std::string>& extra_meta = {});
 
-// Exports a stage-2 training checkpoint (train/checkpoint.h, stage "rq-transformer") to `out`.
+// Exports a stage-2 training checkpoint (train/checkpoint.h, stage "rq-transformer" or
+// "mindalle-gpt") to `out`.
 // `stage1_override` (optional) replaces the stage-1 path recorded in the checkpoint (its content
 // must still match the recorded size and hash). Returns a one-line summary.
 std::string export_stage2_checkpoint(const std::string& checkpoint, const std::string& out, DType dtype,

@@ -7,6 +7,12 @@ the per-step log); SIGTERM mid-run saves a loadable checkpoint, exits 143, and -
 the code cache is reused, and rebuilt when the shards change; --text-tokenizer spm:N trains a
 tokenizer that keeps Hangul; export -> generate paints a PNG; sample pictures; bad options and
 mismatched configs exit 1/2 with a message naming the problem.
+
+minDALL-E's GPT (the test_gpt_* methods; a tiny random VQGAN stage 1 with 16x16x1 codes and a
+2-layer C=32 "mindalle-gpt" config from torch_ref/train_gpt_ref.py): the loss falls, export ->
+generate paints, --init fine-tunes the export, 2 steps + --resume 2 steps == 4 steps bit for bit,
+the recipe (betas 0.9/0.99, lr 1e-4, dropout 0) is recorded, and stage-1 / config mismatches are
+refused before any shard is encoded.
 """
 import json
 import os
@@ -23,6 +29,7 @@ from hwaga_testlib import HWAGA_BIN, TORCH_REF, hwaga, main, read_png  # noqa: E
 
 sys.path.insert(0, TORCH_REF)
 import train_stage2_fixtures as fx  # noqa: E402
+import train_gpt_ref as gx  # noqa: E402
 
 
 def losses(work):
@@ -172,6 +179,95 @@ class TrainCli(unittest.TestCase):
             self.assertEqual(p.returncode, rc, "%s: rc %d\n%s" % (args, p.returncode, p.stderr))
             self.assertIn(msg, p.stderr, args)
         self.assertFalse(os.path.exists(os.path.join(w, "checkpoint.safetensors")))
+
+    # ---- minDALL-E's GPT ----
+
+    def gpt_fixture(self):
+        """(VQGAN stage-1 file, GPT config), made once for all test_gpt_* methods."""
+        cls = type(self)
+        if not hasattr(cls, "gpt_s1"):
+            cls.gpt_s1 = gx.make_vqgan_stage1(os.path.join(cls.tmp, "s1-vqgan"))
+            cls.gpt_cfg = gx.write_gpt_config(os.path.join(cls.tmp, "gpt.json"))
+        return cls.gpt_s1, cls.gpt_cfg
+
+    def gpt_base(self, work, *extra, cfg=None, s1=None):
+        gs1, gcfg = self.gpt_fixture()
+        return ["train", "--tokenizer", s1 or gs1, "--shards", self.shards, "--config", cfg or gcfg,
+                "--text-tokenizer", self.bpe, "--work-dir", work, "--batch", "4", "--threads", "2"] + list(extra)
+
+    def test_gpt_loss_falls_and_export_generates(self):
+        w = self.work("gpt-fall")
+        model = os.path.join(self.tmp, "gpt-fall.safetensors")
+        p = hwaga(*self.gpt_base(w, "--steps", "40", "--lr", "3e-3", "--export", model, "--sample-every", "40",
+                                 "--sample-prompt", "red circle"), check=True)
+        self.assertIn("step 40/40", p.stdout)
+        self.assertIn("mindalle-gpt", p.stderr)
+        rows = losses(w)
+        ls = [r["loss"] for r in rows]
+        self.assertEqual(len(ls), 40)
+        first, last = sum(ls[:5]) / 5, sum(ls[-5:]) / 5
+        self.assertLess(last, first - 1.0, "the loss did not fall: %s" % ls)  # ~4.0 -> ~2.0 observed
+        self.assertLess(rows[-1]["image_loss"], rows[0]["image_loss"] - 1.0)
+        self.assertLess(rows[-1]["text_loss"], rows[0]["text_loss"] - 0.5)
+        self.assertTrue(os.path.exists(os.path.join(w, "samples", "step0000040-00.png")))
+        p = hwaga("info", "-m", model, check=True)
+        self.assertIn("mindalle-gpt", p.stdout)
+        out = os.path.join(self.tmp, "gpt-fall.png")
+        hwaga("generate", "-m", model, "-p", "red circle", "-o", out, "--seed", "3", check=True)
+        img, _ = read_png(out)
+        self.assertEqual(img.shape, (32, 32, 3))
+        self.assertGreater(int(img.max()) - int(img.min()), 0)  # a picture, not a blank
+        # --init fine-tunes the export: the first loss is the trained model's
+        ft = self.work("gpt-finetune")
+        p = hwaga("train", "--init", model, "--shards", self.shards, "--work-dir", ft, "--steps", "2", "--batch", "4",
+                  "--threads", "2", check=True)
+        self.assertIn("fine-tuning from", p.stderr)
+        self.assertLess(losses(ft)[0]["loss"], ls[0] - 1.0, (losses(ft)[0], ls[0]))
+
+    def test_gpt_resume_is_bitwise(self):
+        a, b = self.work("gpt-full"), self.work("gpt-split")
+        hwaga(*self.gpt_base(a, "--steps", "4"), check=True)
+        hwaga(*self.gpt_base(b, "--steps", "4", "--stop-after", "2"), check=True)
+        self.assertEqual([r["step"] for r in losses(b)], [1, 2])
+        p = hwaga("train", "--work-dir", b, "--resume", "--threads", "2", check=True)
+        self.assertIn("step 4/4", p.stdout)
+        with open(os.path.join(a, "checkpoint.safetensors"), "rb") as f1, \
+                open(os.path.join(b, "checkpoint.safetensors"), "rb") as f2:
+            self.assertTrue(f1.read() == f2.read(), "checkpoints differ")
+        self.assertEqual(losses(a), losses(b))
+        _, meta = fx.read_safetensors(os.path.join(b, "checkpoint.safetensors"))
+        t = json.loads(meta["train"])
+        self.assertEqual(t["stage"], "mindalle-gpt")
+        o = t["options"]
+        self.assertEqual((o["betas"], o["lr"], o["dropout"]), ([0.9, 0.99], 1e-4, 0.0))  # §6.3 / §4.2 defaults
+        self.assertAlmostEqual(losses(a)[0]["lr"], 1e-4, delta=1e-11)  # the f32 schedule's first step
+        # the export of a GPT checkpoint is a loadable model
+        m = os.path.join(self.tmp, "gpt-split.safetensors")
+        p = hwaga("export", "--checkpoint", os.path.join(b, "checkpoint.safetensors"), "-o", m, "--dtype", "bf16",
+                  check=True)
+        self.assertIn("mindalle-gpt", p.stdout)
+
+    def test_gpt_mismatches_are_refused_before_encoding(self):
+        s1, _ = self.gpt_fixture()
+        cases = [
+            (self.gpt_base(self.work("gm1"), "--steps", "1", s1=self.s1), "takes one code per position"),
+            (self.gpt_base(self.work("gm2"), "--steps", "1", cfg=self.cfg), "the RQ-Transformer needs an rq-vae"),
+            (self.gpt_base(self.work("gm3"), "--steps", "1",
+                           cfg=gx.write_gpt_config(os.path.join(self.tmp, "g64.json"), ctx_len_img=64)),
+             "ctx_len_img 64 differs from the 16x16 codes"),
+            (self.gpt_base(self.work("gm4"), "--steps", "1",
+                           cfg=gx.write_gpt_config(os.path.join(self.tmp, "gk32.json"), vocab_size_img=32)),
+             "vocab_size_img 32 differs from the codebook size"),
+        ]
+        for args, msg in cases:
+            p = hwaga(*args)
+            self.assertEqual(p.returncode, 1, "%s: rc %d\n%s" % (args, p.returncode, p.stderr))
+            self.assertIn(msg, p.stderr, args)
+            self.assertFalse(os.path.exists(os.path.join(args[args.index("--work-dir") + 1], "codes.safetensors")))
+        p = hwaga(*self.gpt_base(self.work("gm5"), "--steps", "1",
+                                 cfg=gx.write_gpt_config(os.path.join(self.tmp, "gv90.json"), vocab_size_txt=90)))
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("vocab_size_txt 90 differs from the text tokenizer's vocabulary", p.stderr)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,20 @@
 //             [--save-every N] [--sample-every N --sample-prompt P ...] [--stop-after K]
 //             [--resume] [--export model.safetensors [--export-dtype f32|bf16|f16]] [--threads N]
 //
-// Trains the text-conditioned RQ-Transformer (stage 2) on the CPU against a frozen stage-1
-// RQ-VAE (architecture.md §2, §6.2):
+// Trains the text-conditioned RQ-Transformer (stage 2, config type "rq-transformer") against a
+// frozen stage-1 RQ-VAE (architecture.md §2, §6.2), or minDALL-E's GPT (type "mindalle-gpt")
+// against a frozen stage-1 model with one code per position, e.g. a VQGAN (§4.2, §6.3), on the
+// CPU:
 //   1. every shard sample is encoded once with the stage-1 model into WORK/codes.safetensors
 //      (train/code_cache.h; reused while the shards and the stage-1 file are unchanged);
 //   2. the text tokenizer is the released CharBPE (bpe16k:...) or a SentencePiece model trained
 //      on all cached captions (spm:N; character coverage 1.0, so Hangul survives);
 //   3. steps: seeded batches (per-epoch permutation, one caption variant per sample and epoch),
-//      loss 0.9 image CE + 0.1 text CE, AdamW (β 0.9/0.95, decay on Linear weights only),
-//      warm-up + cosine, gradient clipping, residual dropout keyed by (seed, step);
+//      loss 0.9 image CE + 0.1 text CE, AdamW (decay on Linear weights only), warm-up + cosine,
+//      gradient clipping, residual dropout keyed by (seed, step). The recipe follows the model:
+//        rq-transformer  β 0.9/0.95, --lr default 5e-4, --dropout default 0.1 (§6.2)
+//        mindalle-gpt    β 0.9/0.99, --lr default 1e-4, --dropout default 0 (§6.3; pdrop 0.0, §4.2)
+//      (both trainers sit behind Stage2Trainer below, so the loop is one);
 //   4. WORK/checkpoint.safetensors every --save-every steps, at the end, and on SIGINT/SIGTERM
 //      (then exit 130/143); WORK/train.jsonl one line per step; WORK/samples/*.png every
 //      --sample-every steps (each --sample-prompt with seed = its index).
@@ -51,6 +56,7 @@
 #include "text/spm_tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/code_cache.h"
+#include "train/mindalle_gpt_trainer.h"
 #include "train/optim.h"
 #include "train/rq_transformer_trainer.h"
 #include "train/stage2_export.h"
@@ -82,6 +88,34 @@ struct TrainCliOptions {
 };
 
 void say(const std::string& s) { std::fprintf(stderr, "%s%s\n", kPrefix, s.c_str()); }
+
+// ---- the two stage-2 trainers behind one face, so that the loop below is shared ----
+
+struct Stage2Trainer {
+  virtual ~Stage2Trainer() = default;
+  virtual ParamSet& params() = 0;
+  virtual void init_weights(uint64_t seed) = 0;
+  virtual RqLoss forward_backward(const RqBatch& b, uint64_t seed, int64_t step) = 0;
+  virtual int64_t targets_per_batch(int64_t B) const = 0;
+};
+
+template <class T>
+struct TrainerOf final : Stage2Trainer {
+  T t;
+  template <class... A>
+  explicit TrainerOf(A&&... a) : t(std::forward<A>(a)...) {}
+  ParamSet& params() override { return t.params(); }
+  void init_weights(uint64_t seed) override { t.init_weights(seed); }
+  RqLoss forward_backward(const RqBatch& b, uint64_t seed, int64_t step) override {
+    return t.forward_backward(b, seed, step);
+  }
+  int64_t targets_per_batch(int64_t B) const override { return t.targets_per_batch(B); }
+};
+
+// AdamW betas of each model's recipe (architecture.md §6.2, §6.3).
+std::pair<double, double> recipe_betas(const Stage2Config& c) {
+  return c.is_gpt() ? std::pair{0.9, 0.99} : std::pair{0.9, 0.95};
+}
 
 // ---- the text tokenizer ----
 
@@ -154,16 +188,34 @@ Stage2Config read_config_file(const std::string& path) {
   return stage2_config_from_json(j, path);
 }
 
-void check_pairing(const Stage2Config& c, const std::string& cfg_name, ImageTokenizer& s1, const std::string& s1_name,
-                   const Tensor& codebook, const TextTokenizer& tok, const std::string& tok_name) {
+// The stage-2 config against the stage-1 model (before any shard is encoded). `codebook` is the
+// RQ-VAE's [K,E] (undefined for other stage-1 kinds).
+void check_stage1_pairing(const Stage2Config& c, const std::string& cfg_name, ImageTokenizer& s1,
+                          const std::string& s1_name, const Tensor& codebook) {
+  const Shape cs = s1.code_shape();
+  if (c.is_gpt()) {
+    const MindalleGptConfig& g = c.gpt;
+    if (cs.size() != 3 || cs[2] != 1)
+      fail(cfg_name, ": a mindalle-gpt takes one code per position, but the codes of ", s1_name, " are ",
+           shape_str(cs), " (a ", s1.kind(), "; use a VQGAN or another depth-1 stage-1 model)");
+    if (cs[0] * cs[1] != g.ctx_len_img)
+      fail(cfg_name, ": ctx_len_img ", g.ctx_len_img, " differs from the ", cs[0], "x", cs[1], " codes of ", s1_name);
+    if (s1.codebook_size() != g.vocab_size_img)
+      fail(cfg_name, ": vocab_size_img ", g.vocab_size_img, " differs from the codebook size of ", s1_name, ", ",
+           s1.codebook_size());
+    if (g.ctx_len_txt < 2)
+      fail(cfg_name, ": ctx_len_txt ", g.ctx_len_txt, ": hwaga train trains text-conditioned models (> 1)");
+    return;
+  }
   if (!c.is_rq())
-    fail(cfg_name, ": type \"", c.type, "\": hwaga train trains the RQ-Transformer only (type \"", kStage2RqTransformer,
-         "\")");
+    fail(cfg_name, ": type \"", c.type, "\": hwaga train trains \"", kStage2RqTransformer, "\" and \"",
+         kStage2MindalleGpt, "\" models");
   const RqTransformerConfig& r = c.rq;
   if (!r.has_text())
     fail(cfg_name, ": block_size_cond ", r.block_size_cond,
          ": hwaga train trains text-conditioned models (block_size_cond = the text context, > 1)");
-  const Shape cs = s1.code_shape();
+  if (!codebook.defined())
+    fail(s1_name, ": the stage-1 model is a ", s1.kind(), "; the RQ-Transformer needs an rq-vae");
   if (cs != Shape{r.H(), r.W(), r.D()})
     fail(cfg_name, ": block_size ", shape_str(Shape{r.H(), r.W(), r.D()}), " differs from the codes of ", s1_name, ", ",
          shape_str(cs));
@@ -173,23 +225,29 @@ void check_pairing(const Stage2Config& c, const std::string& cfg_name, ImageToke
   if (codebook.dim(1) != r.input_embed_dim)
     fail(cfg_name, ": input_embed_dim ", r.input_embed_dim, " differs from the codebook vectors of ", s1_name, " (",
          codebook.dim(1), " values)");
-  if (tok.vocab_size != r.vocab_size_cond)
-    fail(cfg_name, ": vocab_size_cond ", r.vocab_size_cond, " differs from the text tokenizer's vocabulary (", tok_name,
-         ": ", tok.vocab_size, " ids); set vocab_size_cond to ", tok.vocab_size);
-  if (tok.context_length != r.block_size_cond)
-    fail(cfg_name, ": block_size_cond ", r.block_size_cond, " differs from the text context (", tok.context_length,
+}
+
+void check_text_pairing(const Stage2Config& c, const std::string& cfg_name, const TextTokenizer& tok,
+                        const std::string& tok_name) {
+  const char* vocab_field = c.is_gpt() ? "vocab_size_txt" : "vocab_size_cond";
+  const char* len_field = c.is_gpt() ? "ctx_len_txt" : "block_size_cond";
+  if (tok.vocab_size != c.text_vocab_size())
+    fail(cfg_name, ": ", vocab_field, " ", c.text_vocab_size(), " differs from the text tokenizer's vocabulary (",
+         tok_name, ": ", tok.vocab_size, " ids); set ", vocab_field, " to ", tok.vocab_size);
+  if (tok.context_length != c.text_length())
+    fail(cfg_name, ": ", len_field, " ", c.text_length(), " differs from the text context (", tok.context_length,
          " ids)");
 }
 
 // ---- samples ----
 
 void write_samples(const TrainCliOptions& opt, const std::string& work, int64_t step, const SafetensorsFile& s1file,
-                   const Stage2Config& cfg, const RqTransformerTrainer& tr, const TextSettings& text,
+                   const Stage2Config& cfg, const ParamSet& params, const TextSettings& text,
                    const std::string& tok_json, Backend& be) {
   const fs::path dir = fs::path(work) / "samples";
   fs::create_directories(dir);
   const std::string tmp = (dir / ".model-tmp.safetensors").string();
-  write_stage2_model(tmp, s1file, cfg, tr.params().values(), text, tok_json, DType::F32);
+  write_stage2_model(tmp, s1file, cfg, params.values(), text, tok_json, DType::F32);
   struct Cleanup {
     std::string p;
     ~Cleanup() {
@@ -226,9 +284,10 @@ int run_train(TrainCliOptions opt) {
     if (!fs::exists(ckpt_path)) fail("--resume: there is no checkpoint in ", work, " (", ckpt_path, ")");
     resumed = read_checkpoint(ckpt_path);
     rmeta = resumed.meta;
-    if (rmeta.value("stage", std::string()) != kStage2RqTransformer)
+    const std::string stage = rmeta.value("stage", std::string());
+    if (stage != kStage2RqTransformer && stage != kStage2MindalleGpt)
       fail(ckpt_path, ": a checkpoint of stage \"", rmeta.value("stage", std::string("?")), "\", not of \"",
-           kStage2RqTransformer, "\" (hwaga train-tokenizer writes stage-1 checkpoints)");
+           kStage2RqTransformer, "\" or \"", kStage2MindalleGpt, "\" (hwaga train-tokenizer writes stage-1 checkpoints)");
     const nlohmann::json& o = rmeta["options"];
     // the recorded settings, unless given again
     auto take = [&](const char* flag, const char* key, auto& v) {
@@ -315,9 +374,30 @@ int run_train(TrainCliOptions opt) {
   SafetensorsFile s1file = read_model_file(s1path);
   if (!model_config(s1file).contains("stage1")) fail(s1path, ": not an image tokenizer file (no config.stage1)");
   std::unique_ptr<ImageTokenizer> stage1 = load_image_tokenizer(s1file, *be);
-  auto* rqvae = dynamic_cast<RQVAE*>(stage1.get());
-  if (!rqvae) fail(s1path, ": the stage-1 model is a ", stage1->kind(), "; the RQ-Transformer needs an rq-vae");
-  const Tensor codebook = be->download(rqvae->codebook());  // [K,E]
+  Tensor codebook;  // [K,E], what the RQ-Transformer embeds codes with (the GPT has its own tables)
+  if (auto* rqvae = dynamic_cast<RQVAE*>(stage1.get())) codebook = be->download(rqvae->codebook());
+
+  // ---- the stage-2 config (checked against stage 1 before any shard is encoded) ----
+  Stage2Config cfg;
+  SafetensorsFile init_file;  // --init
+  if (opt.resume) {
+    cfg = stage2_config_from_json(rmeta.at("config").at("stage2"), ckpt_path + ": train.config.stage2");
+  } else if (!opt.init.empty()) {
+    init_file = read_model_file(opt.init);
+    const nlohmann::json mc = model_config(init_file);
+    if (!mc.contains("stage2"))
+      fail(opt.init, ": --init needs a text-to-image model file (config.stage2); this one is an image tokenizer only");
+    cfg = stage2_config_from_json(mc["stage2"], opt.init + ": config.stage2");
+  } else {
+    cfg = read_config_file(opt.config);
+  }
+  const std::string cfg_name = opt.resume ? ckpt_path : !opt.init.empty() ? opt.init : opt.config;
+  check_stage1_pairing(cfg, cfg_name, *stage1, s1path, codebook);
+  if (cfg.is_gpt() && !opt.resume) {  // minDALL-E's recipe (§6.3) and released pdrop (§4.2)
+    if (!opt.given("--lr")) opt.lr = 1e-4;
+    if (!opt.given("--dropout")) opt.dropout = 0.0;
+    if (opt.min_lr > opt.lr) usage_fail("--min-lr must be in [0, --lr], got ", opt.min_lr);
+  }
 
   // ---- data: the code cache ----
   std::vector<std::string> shards;
@@ -342,22 +422,15 @@ int run_train(TrainCliOptions opt) {
   const CodeCache cache =
       load_or_build_code_cache((fs::path(work) / "codes.safetensors").string(), co, s1fp, *stage1);
 
-  // ---- text tokenizer and config ----
+  // ---- text tokenizer ----
   std::unique_ptr<TextTokenizer> tok;
-  Stage2Config cfg;
   TextSettings text;
-  SafetensorsFile init_file;  // --init
   if (opt.resume) {
     tok = text_tokenizer_from_json_text(rmeta.at("tokenizer").get<std::string>(), ckpt_path + ": train.tokenizer");
-    cfg = stage2_config_from_json(rmeta.at("config").at("stage2"), ckpt_path + ": train.config.stage2");
     text.tokenizer = rmeta.at("config").at("text").at("tokenizer").get<std::string>();
     text.context_length = rmeta.at("config").at("text").at("context_length").get<int>();
   } else if (!opt.init.empty()) {
-    init_file = read_model_file(opt.init);
     const nlohmann::json mc = model_config(init_file);
-    if (!mc.contains("stage2"))
-      fail(opt.init, ": --init needs a text-to-image model file (config.stage2); this one is an image tokenizer only");
-    cfg = stage2_config_from_json(mc["stage2"], opt.init + ": config.stage2");
     auto tj = init_file.metadata.find("tokenizer");
     if (tj == init_file.metadata.end() || !mc.contains("text"))
       fail(opt.init, ": --init needs a model with a text tokenizer (metadata \"tokenizer\")");
@@ -365,24 +438,36 @@ int run_train(TrainCliOptions opt) {
     text.tokenizer = mc["text"].value("tokenizer", std::string());
     text.context_length = mc["text"].value("context_length", 0);
   } else {
-    cfg = read_config_file(opt.config);
-    const int context = opt.context > 0 ? opt.context : (cfg.is_rq() ? cfg.rq.block_size_cond : 0);
+    const int context = opt.context > 0 ? opt.context : cfg.text_length();
     if (context < 2)
-      fail(opt.config, ": block_size_cond ", context, ": hwaga train trains text-conditioned models (block_size_cond > 1)");
+      fail(opt.config, ": --context ", context, ": hwaga train trains text-conditioned models (a context > 1)");
     tok = make_text_tokenizer(tspec, context, cache);
     text.tokenizer = tspec.kind;
     text.context_length = context;
   }
-  check_pairing(cfg, opt.resume ? ckpt_path : !opt.init.empty() ? opt.init : opt.config, *stage1, s1path, codebook,
-                *tok, opt.resume ? "the checkpoint's" : !opt.init.empty() ? "the --init model's" : opt.text_tokenizer);
+  check_text_pairing(cfg, cfg_name, *tok,
+                     opt.resume ? "the checkpoint's" : !opt.init.empty() ? "the --init model's" : opt.text_tokenizer);
   const std::string tok_json = tok->to_json();
 
   // ---- model, optimizer, schedule ----
-  RqTrainerOptions to;
-  to.dropout = float(opt.dropout);
-  to.text_pad_id = tok->pad_id;
-  RqTransformerTrainer tr(cfg.rq, codebook, to);
-  AdamW adam(AdamWOptions{0.9f, 0.95f, 1e-8f, float(opt.weight_decay)});
+  std::unique_ptr<Stage2Trainer> trainer;
+  float image_weight = 0, text_weight = 0;
+  if (cfg.is_gpt()) {
+    GptTrainerOptions to;
+    to.dropout = float(opt.dropout);
+    to.text_pad_id = tok->pad_id;
+    image_weight = to.image_weight, text_weight = to.text_weight;
+    trainer = std::make_unique<TrainerOf<MindalleGptTrainer>>(cfg.gpt, to);
+  } else {
+    RqTrainerOptions to;
+    to.dropout = float(opt.dropout);
+    to.text_pad_id = tok->pad_id;
+    image_weight = to.image_weight, text_weight = to.text_weight;
+    trainer = std::make_unique<TrainerOf<RqTransformerTrainer>>(cfg.rq, codebook, to);
+  }
+  Stage2Trainer& tr = *trainer;
+  const auto [beta1, beta2] = recipe_betas(cfg);
+  AdamW adam(AdamWOptions{float(beta1), float(beta2), 1e-8f, float(opt.weight_decay)});
   int64_t start = 0;
   if (opt.resume) {
     restore_checkpoint(resumed, ckpt_path, tr.params(), &adam);
@@ -410,12 +495,12 @@ int run_train(TrainCliOptions opt) {
                             {"dropout", opt.dropout},   {"clip", opt.clip},
                             {"seed", opt.seed},         {"save_every", opt.save_every},
                             {"sample_every", opt.sample_every}, {"sample_prompts", opt.sample_prompts},
-                            {"betas", {0.9, 0.95}},     {"image_weight", to.image_weight},
-                            {"text_weight", to.text_weight}, {"init", opt.init}};
+                            {"betas", {beta1, beta2}},  {"image_weight", image_weight},
+                            {"text_weight", text_weight}, {"init", opt.init}};
   auto save = [&](int64_t step) {
     const int64_t g = step * opt.batch;
     nlohmann::json meta = {
-        {"stage", kStage2RqTransformer},
+        {"stage", cfg.type},
         {"step", step},
         {"config", {{"stage2", stage2_config_to_json(cfg)},
                     {"text", {{"tokenizer", text.tokenizer}, {"context_length", text.context_length}}}}},
@@ -482,7 +567,7 @@ int run_train(TrainCliOptions opt) {
       log.event("checkpoint", {{"step", done}, {"path", ckpt_path}});
     }
     if (opt.sample_every > 0 && done % opt.sample_every == 0) {
-      write_samples(opt, work, done, s1file, cfg, tr, text, tok_json, *be);
+      write_samples(opt, work, done, s1file, cfg, tr.params(), text, tok_json, *be);
       log.event("sample", {{"step", done}, {"prompts", opt.sample_prompts.size()}});
     }
   }
@@ -515,11 +600,11 @@ Command reg("train", "Train the text-to-image transformer (stage 2) on tar shard
   sub.add_option("--steps", opt->steps, "training steps in all (the schedule's length)");
   sub.add_option("--stop-after", opt->stop_after, "stop this run after this many more steps (0 = run to --steps)");
   sub.add_option("--batch", opt->batch, "samples per step (default 8)");
-  sub.add_option("--lr", opt->lr, "peak learning rate (default 5e-4)");
+  sub.add_option("--lr", opt->lr, "peak learning rate (default 5e-4; 1e-4 for mindalle-gpt)");
   sub.add_option("--warmup", opt->warmup, "linear warm-up steps (default 0)");
   sub.add_option("--min-lr", opt->min_lr, "learning rate at the end of the cosine (default 0)");
   sub.add_option("--weight-decay", opt->weight_decay, "AdamW weight decay on Linear weights (default 1e-4)");
-  sub.add_option("--dropout", opt->dropout, "residual dropout (default 0.1)");
+  sub.add_option("--dropout", opt->dropout, "residual dropout (default 0.1; 0 for mindalle-gpt)");
   sub.add_option("--clip", opt->clip, "gradient-norm clip (default 1.0; 0 = off)");
   sub.add_option("--seed", opt->seed, "seed of the init, data order, captions and dropout (default 0)");
   sub.add_option("--save-every", opt->save_every, "checkpoint every N steps (0 = at the end only)");
