@@ -3,22 +3,10 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "train/gpt_block_train.h"
 #include "train/transformer_ops.h"
 
 namespace hwaga::train {
-
-// What one block's backward needs, for rows R = B*S.
-struct MindalleGptTrainer::BlockActs {
-  Tensor x;                   // [R,C] block input
-  Tensor ln1_mean, ln1_rstd;  // [R]
-  Tensor h1, q, k, v;         // [R,C]
-  Tensor probs;               // [B,H,S,S]
-  Tensor a;                   // [R,C] attention output (before proj)
-  Tensor x1;                  // [R,C] after the attention residual
-  Tensor ln2_mean, ln2_rstd;  // [R]
-  Tensor h2;                  // [R,C]
-  Tensor f, g;                // [R,4C] mlp.0 output, GELU(f)
-};
 
 MindalleGptTrainer::MindalleGptTrainer(const MindalleGptConfig& cfg, GptTrainerOptions opt) : cfg_(cfg), opt_(opt) {
   Stage2Config sc;
@@ -36,24 +24,7 @@ MindalleGptTrainer::MindalleGptTrainer(const MindalleGptConfig& cfg, GptTrainerO
   pos_emb_txt_ = P("pos_emb_txt.weight");
   for (int i = 0; i < cfg.n_layers; ++i) {
     const std::string pre = "blocks." + std::to_string(i) + ".";
-    BlockParams b;
-    b.ln1_w = P(pre + "ln1.weight");
-    b.ln1_b = P(pre + "ln1.bias");
-    b.key_w = P(pre + "attn.key.weight");
-    b.key_b = P(pre + "attn.key.bias");
-    b.query_w = P(pre + "attn.query.weight");
-    b.query_b = P(pre + "attn.query.bias");
-    b.value_w = P(pre + "attn.value.weight");
-    b.value_b = P(pre + "attn.value.bias");
-    b.proj_w = P(pre + "attn.proj.weight");
-    b.proj_b = P(pre + "attn.proj.bias");
-    b.ln2_w = P(pre + "ln2.weight");
-    b.ln2_b = P(pre + "ln2.bias");
-    b.mlp0_w = P(pre + "mlp.0.weight");
-    b.mlp0_b = P(pre + "mlp.0.bias");
-    b.mlp2_w = P(pre + "mlp.2.weight");
-    b.mlp2_b = P(pre + "mlp.2.bias");
-    blocks_.push_back(b);
+    blocks_.push_back(GptBlockParams::bind(ps_, "stage2." + pre));
   }
   ln_f_w_ = P("ln_f.weight");
   ln_f_b_ = P("ln_f.bias");
@@ -96,72 +67,6 @@ void MindalleGptTrainer::check_batch(const GptBatch& b) const {
 
 // ---------------------------------------------------------------- one block
 
-void MindalleGptTrainer::block_forward(const BlockParams& p, BlockActs& a, const float* x, float* y, int64_t B,
-                                       int64_t S, float dropout, uint64_t seed, uint64_t stream0) {
-  const int64_t C = cfg_.embed_dim, R = B * S, F = int64_t(kStage2MlpRatio) * C, H = cfg_.n_heads;
-  a.x = Tensor::empty({R, C});
-  std::memcpy(a.x.f32(), x, size_t(R * C) * sizeof(float));
-  a.ln1_mean = Tensor::empty({R});
-  a.ln1_rstd = Tensor::empty({R});
-  a.h1 = Tensor::empty({R, C});
-  layer_norm_fwd(x, p.ln1_w->v(), p.ln1_b->v(), a.h1.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), R, C, kStage2LnEps);
-  a.q = Tensor::empty({R, C});
-  a.k = Tensor::empty({R, C});
-  a.v = Tensor::empty({R, C});
-  linear_fwd(a.h1.f32(), p.query_w->v(), p.query_b->v(), a.q.f32(), R, C, C);
-  linear_fwd(a.h1.f32(), p.key_w->v(), p.key_b->v(), a.k.f32(), R, C, C);
-  linear_fwd(a.h1.f32(), p.value_w->v(), p.value_b->v(), a.v.f32(), R, C, C);
-  a.probs = Tensor::empty({B, H, S, S});
-  a.a = Tensor::empty({R, C});
-  attention_fwd(a.q.f32(), a.k.f32(), a.v.f32(), a.probs.f32(), a.a.f32(), B, S, H, C / H);
-  Tensor t = Tensor::empty({R, C});
-  linear_fwd(a.a.f32(), p.proj_w->v(), p.proj_b->v(), t.f32(), R, C, C);
-  dropout_apply(t.f32(), R * C, dropout, seed, stream0);
-  a.x1 = Tensor::empty({R, C});
-  for (int64_t i = 0; i < R * C; ++i) a.x1.f32()[i] = x[i] + t.f32()[i];
-  a.ln2_mean = Tensor::empty({R});
-  a.ln2_rstd = Tensor::empty({R});
-  a.h2 = Tensor::empty({R, C});
-  layer_norm_fwd(a.x1.f32(), p.ln2_w->v(), p.ln2_b->v(), a.h2.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), R, C,
-                 kStage2LnEps);
-  a.f = Tensor::empty({R, F});
-  a.g = Tensor::empty({R, F});
-  linear_fwd(a.h2.f32(), p.mlp0_w->v(), p.mlp0_b->v(), a.f.f32(), R, C, F);
-  gelu_fwd(a.f.f32(), a.g.f32(), R * F);
-  linear_fwd(a.g.f32(), p.mlp2_w->v(), p.mlp2_b->v(), t.f32(), R, F, C);
-  dropout_apply(t.f32(), R * C, dropout, seed, stream0 + 1);
-  for (int64_t i = 0; i < R * C; ++i) y[i] = a.x1.f32()[i] + t.f32()[i];
-}
-
-// dy [R,C] (overwritten as scratch) -> dx [R,C] (written). dx may not alias dy.
-void MindalleGptTrainer::block_backward(const BlockParams& p, const BlockActs& a, float* dy, float* dx, int64_t B,
-                                        int64_t S, float dropout, uint64_t seed, uint64_t stream0) {
-  const int64_t C = cfg_.embed_dim, R = B * S, F = int64_t(kStage2MlpRatio) * C, H = cfg_.n_heads;
-  // y = x1 + drop(mlp.2(g)): dx1 = dy + the LN2 path
-  std::memcpy(dx, dy, size_t(R * C) * sizeof(float));  // dx holds dx1 for now
-  dropout_apply(dy, R * C, dropout, seed, stream0 + 1);  // d(mlp.2 out)
-  Tensor dg = Tensor::empty({R, F});
-  linear_bwd(a.g.f32(), p.mlp2_w->v(), dy, dg.f32(), p.mlp2_w->g(), p.mlp2_b->g(), R, F, C);
-  gelu_bwd(a.f.f32(), dg.f32(), dg.f32(), R * F);
-  Tensor dh = Tensor::empty({R, C});
-  linear_bwd(a.h2.f32(), p.mlp0_w->v(), dg.f32(), dh.f32(), p.mlp0_w->g(), p.mlp0_b->g(), R, C, F);
-  dg = Tensor();
-  layer_norm_bwd(a.x1.f32(), p.ln2_w->v(), a.ln2_mean.f32(), a.ln2_rstd.f32(), dh.f32(), dx, p.ln2_w->g(),
-                 p.ln2_b->g(), R, C, /*accumulate_dx=*/true);
-  // x1 = x + drop(proj(a)): dx = dx1 + the LN1 path
-  std::memcpy(dy, dx, size_t(R * C) * sizeof(float));
-  dropout_apply(dy, R * C, dropout, seed, stream0);  // d(proj out)
-  Tensor da = Tensor::empty({R, C});
-  linear_bwd(a.a.f32(), p.proj_w->v(), dy, da.f32(), p.proj_w->g(), p.proj_b->g(), R, C, C);
-  Tensor dq = Tensor::empty({R, C}), dk = Tensor::empty({R, C}), dv = Tensor::empty({R, C});
-  attention_bwd(a.q.f32(), a.k.f32(), a.v.f32(), a.probs.f32(), da.f32(), dq.f32(), dk.f32(), dv.f32(), B, S, H,
-                C / H);
-  linear_bwd(a.h1.f32(), p.query_w->v(), dq.f32(), dh.f32(), p.query_w->g(), p.query_b->g(), R, C, C);
-  linear_bwd(a.h1.f32(), p.key_w->v(), dk.f32(), dh.f32(), p.key_w->g(), p.key_b->g(), R, C, C, true);
-  linear_bwd(a.h1.f32(), p.value_w->v(), dv.f32(), dh.f32(), p.value_w->g(), p.value_b->g(), R, C, C, true);
-  layer_norm_bwd(a.x.f32(), p.ln1_w->v(), a.ln1_mean.f32(), a.ln1_rstd.f32(), dh.f32(), dx, p.ln1_w->g(),
-                 p.ln1_b->g(), R, C, /*accumulate_dx=*/true);
-}
 
 // ---------------------------------------------------------------- the model
 
@@ -201,10 +106,10 @@ GptLoss MindalleGptTrainer::run(const GptBatch& batch, bool backward, float drop
   }
 
   // ---- the causal stack ----
-  std::vector<BlockActs> acts(blocks_.size());
+  std::vector<GptBlockActs> acts(blocks_.size());
   for (size_t i = 0; i < blocks_.size(); ++i) {
     Tensor Y = Tensor::empty({B * S, C});
-    block_forward(blocks_[i], acts[i], X.f32(), Y.f32(), B, S, dropout, seed, dropout_stream(step, uint32_t(2 * i)));
+    gpt_block_forward(blocks_[i], acts[i], X.f32(), Y.f32(), B, S, C, cfg_.n_heads, dropout, seed, dropout_stream(step, uint32_t(2 * i)));
     X = Y;
   }
   const Tensor out = X;  // [B*S,C] before ln_f
@@ -276,8 +181,8 @@ GptLoss MindalleGptTrainer::run(const GptBatch& batch, bool backward, float drop
   dHs = Tensor();
   for (size_t i = blocks_.size(); i-- > 0;) {
     Tensor dXin = Tensor::empty({B * S, C});
-    block_backward(blocks_[i], acts[i], dX.f32(), dXin.f32(), B, S, dropout, seed, dropout_stream(step, uint32_t(2 * i)));
-    acts[i] = BlockActs();
+    gpt_block_backward(blocks_[i], acts[i], dX.f32(), dXin.f32(), B, S, C, cfg_.n_heads, dropout, seed, dropout_stream(step, uint32_t(2 * i)));
+    acts[i] = GptBlockActs();
     dX = dXin;
   }
   // input rows -> token tables and positional tables

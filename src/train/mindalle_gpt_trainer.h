@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "train/gpt_block_train.h"
 #include "train/param.h"
 #include "train/rq_transformer_trainer.h"  // RqBatch, RqLoss (model-neutral), fill_normal, stage2_param_kind
 #include "transformer/stage2_config.h"
@@ -76,23 +77,14 @@ class MindalleGptTrainer {
   int64_t targets_per_batch(int64_t B) const { return B * (int64_t(cfg_.ctx_len_img) + cfg_.ctx_len_txt - 1); }
 
  private:
-  struct BlockParams {  // blocks.i.* (released names, §4.2)
-    Param *ln1_w, *ln1_b, *key_w, *key_b, *query_w, *query_b, *value_w, *value_b, *proj_w, *proj_b;
-    Param *ln2_w, *ln2_b, *mlp0_w, *mlp0_b, *mlp2_w, *mlp2_b;
-  };
-  struct BlockActs;
   GptLoss run(const GptBatch& batch, bool backward, float dropout, uint64_t seed, int64_t step, Tensor* logits,
               Tensor* text_logits);
   void check_batch(const GptBatch& batch) const;
-  void block_forward(const BlockParams& p, BlockActs& a, const float* x, float* y, int64_t B, int64_t S,
-                     float dropout, uint64_t seed, uint64_t stream0);
-  void block_backward(const BlockParams& p, const BlockActs& a, float* dy, float* dx, int64_t B, int64_t S,
-                      float dropout, uint64_t seed, uint64_t stream0);
 
   MindalleGptConfig cfg_;
   GptTrainerOptions opt_;
   ParamSet ps_;
-  std::vector<BlockParams> blocks_;
+  std::vector<GptBlockParams> blocks_;
   Param *tok_emb_img_, *tok_emb_txt_, *pos_emb_img_, *pos_emb_txt_;
   Param *ln_f_w_, *ln_f_b_, *head_img_, *head_txt_;
 };

@@ -6,22 +6,10 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "sample/rng.h"
+#include "train/gpt_block_train.h"
 #include "train/transformer_ops.h"
 
 namespace hwaga::train {
-
-// What one block's backward needs, for rows R = Bs*T.
-struct RqTransformerTrainer::BlockActs {
-  Tensor x;                     // [R,C] block input
-  Tensor ln1_mean, ln1_rstd;    // [R]
-  Tensor h1, q, k, v;           // [R,C]
-  Tensor probs;                 // [Bs,H,T,T]
-  Tensor a;                     // [R,C] attention output (before proj)
-  Tensor x1;                    // [R,C] after the attention residual
-  Tensor ln2_mean, ln2_rstd;    // [R]
-  Tensor h2;                    // [R,C]
-  Tensor f, g;                  // [R,4C] mlp.0 output, GELU(f)
-};
 
 namespace {
 
@@ -80,26 +68,7 @@ RqTransformerTrainer::RqTransformerTrainer(const RqTransformerConfig& cfg, const
   input_mlp_b_ = P("input_mlp.bias");
   head_mlp_w_ = P("head_mlp.weight");
   head_mlp_b_ = P("head_mlp.bias");
-  auto block = [&](const std::string& pre) {
-    BlockParams b;
-    b.ln1_w = P(pre + "ln1.weight");
-    b.ln1_b = P(pre + "ln1.bias");
-    b.key_w = P(pre + "attn.key.weight");
-    b.key_b = P(pre + "attn.key.bias");
-    b.query_w = P(pre + "attn.query.weight");
-    b.query_b = P(pre + "attn.query.bias");
-    b.value_w = P(pre + "attn.value.weight");
-    b.value_b = P(pre + "attn.value.bias");
-    b.proj_w = P(pre + "attn.proj.weight");
-    b.proj_b = P(pre + "attn.proj.bias");
-    b.ln2_w = P(pre + "ln2.weight");
-    b.ln2_b = P(pre + "ln2.bias");
-    b.mlp0_w = P(pre + "mlp.0.weight");
-    b.mlp0_b = P(pre + "mlp.0.bias");
-    b.mlp2_w = P(pre + "mlp.2.weight");
-    b.mlp2_b = P(pre + "mlp.2.bias");
-    return b;
-  };
+  auto block = [&](const std::string& pre) { return GptBlockParams::bind(ps_, "stage2." + pre); };
   for (int i = 0; i < cfg.n_layer_body; ++i) body_.push_back(block("body_transformer.blocks." + std::to_string(i) + "."));
   for (int i = 0; i < cfg.n_layer_head; ++i) head_.push_back(block("head_transformer.blocks." + std::to_string(i) + "."));
   cls_ln_w_ = P("classifier.layer_norm.weight");
@@ -154,75 +123,6 @@ void RqTransformerTrainer::check_batch(const RqBatch& b) const {
                 c.ptr<int32_t>()[i], " outside [0, ", cfg_.vocab_size, ")");
 }
 
-// ---------------------------------------------------------------- one block
-
-void RqTransformerTrainer::block_forward(const BlockParams& p, BlockActs& a, const float* x, float* y, int64_t Bs,
-                                         int64_t T, float dropout, uint64_t seed, uint64_t stream0) {
-  const int64_t C = cfg_.embed_dim, R = Bs * T, F = int64_t(kStage2MlpRatio) * C, H = cfg_.n_head;
-  a.x = Tensor::empty({R, C});
-  std::memcpy(a.x.f32(), x, size_t(R * C) * sizeof(float));
-  a.ln1_mean = Tensor::empty({R});
-  a.ln1_rstd = Tensor::empty({R});
-  a.h1 = Tensor::empty({R, C});
-  layer_norm_fwd(x, p.ln1_w->v(), p.ln1_b->v(), a.h1.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), R, C, kStage2LnEps);
-  a.q = Tensor::empty({R, C});
-  a.k = Tensor::empty({R, C});
-  a.v = Tensor::empty({R, C});
-  linear_fwd(a.h1.f32(), p.query_w->v(), p.query_b->v(), a.q.f32(), R, C, C);
-  linear_fwd(a.h1.f32(), p.key_w->v(), p.key_b->v(), a.k.f32(), R, C, C);
-  linear_fwd(a.h1.f32(), p.value_w->v(), p.value_b->v(), a.v.f32(), R, C, C);
-  a.probs = Tensor::empty({Bs, H, T, T});
-  a.a = Tensor::empty({R, C});
-  attention_fwd(a.q.f32(), a.k.f32(), a.v.f32(), a.probs.f32(), a.a.f32(), Bs, T, H, C / H);
-  Tensor t = Tensor::empty({R, C});
-  linear_fwd(a.a.f32(), p.proj_w->v(), p.proj_b->v(), t.f32(), R, C, C);
-  dropout_apply(t.f32(), R * C, dropout, seed, stream0);
-  a.x1 = Tensor::empty({R, C});
-  for (int64_t i = 0; i < R * C; ++i) a.x1.f32()[i] = x[i] + t.f32()[i];
-  a.ln2_mean = Tensor::empty({R});
-  a.ln2_rstd = Tensor::empty({R});
-  a.h2 = Tensor::empty({R, C});
-  layer_norm_fwd(a.x1.f32(), p.ln2_w->v(), p.ln2_b->v(), a.h2.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), R, C,
-                 kStage2LnEps);
-  a.f = Tensor::empty({R, F});
-  a.g = Tensor::empty({R, F});
-  linear_fwd(a.h2.f32(), p.mlp0_w->v(), p.mlp0_b->v(), a.f.f32(), R, C, F);
-  gelu_fwd(a.f.f32(), a.g.f32(), R * F);
-  linear_fwd(a.g.f32(), p.mlp2_w->v(), p.mlp2_b->v(), t.f32(), R, F, C);
-  dropout_apply(t.f32(), R * C, dropout, seed, stream0 + 1);
-  for (int64_t i = 0; i < R * C; ++i) y[i] = a.x1.f32()[i] + t.f32()[i];
-}
-
-// dy [R,C] (overwritten as scratch) -> dx [R,C] (written). dx may not alias dy.
-void RqTransformerTrainer::block_backward(const BlockParams& p, const BlockActs& a, float* dy, float* dx, int64_t Bs,
-                                          int64_t T, float dropout, uint64_t seed, uint64_t stream0) {
-  const int64_t C = cfg_.embed_dim, R = Bs * T, F = int64_t(kStage2MlpRatio) * C, H = cfg_.n_head;
-  // x2 = x1 + drop(mlp.2(g)): dx1 = dy + LN2-path
-  std::memcpy(dx, dy, size_t(R * C) * sizeof(float));  // dx holds dx1 for now
-  dropout_apply(dy, R * C, dropout, seed, stream0 + 1);  // d(mlp.2 out)
-  Tensor dg = Tensor::empty({R, F});
-  linear_bwd(a.g.f32(), p.mlp2_w->v(), dy, dg.f32(), p.mlp2_w->g(), p.mlp2_b->g(), R, F, C);
-  gelu_bwd(a.f.f32(), dg.f32(), dg.f32(), R * F);
-  Tensor dh = Tensor::empty({R, C});
-  linear_bwd(a.h2.f32(), p.mlp0_w->v(), dg.f32(), dh.f32(), p.mlp0_w->g(), p.mlp0_b->g(), R, C, F);
-  dg = Tensor();
-  layer_norm_bwd(a.x1.f32(), p.ln2_w->v(), a.ln2_mean.f32(), a.ln2_rstd.f32(), dh.f32(), dx, p.ln2_w->g(),
-                 p.ln2_b->g(), R, C, /*accumulate_dx=*/true);
-  // x1 = x + drop(proj(a)): dx = dx1 + LN1-path
-  std::memcpy(dy, dx, size_t(R * C) * sizeof(float));
-  dropout_apply(dy, R * C, dropout, seed, stream0);  // d(proj out)
-  Tensor da = Tensor::empty({R, C});
-  linear_bwd(a.a.f32(), p.proj_w->v(), dy, da.f32(), p.proj_w->g(), p.proj_b->g(), R, C, C);
-  Tensor dq = Tensor::empty({R, C}), dk = Tensor::empty({R, C}), dv = Tensor::empty({R, C});
-  attention_bwd(a.q.f32(), a.k.f32(), a.v.f32(), a.probs.f32(), da.f32(), dq.f32(), dk.f32(), dv.f32(), Bs, T, H,
-                C / H);
-  linear_bwd(a.h1.f32(), p.query_w->v(), dq.f32(), dh.f32(), p.query_w->g(), p.query_b->g(), R, C, C);
-  linear_bwd(a.h1.f32(), p.key_w->v(), dk.f32(), dh.f32(), p.key_w->g(), p.key_b->g(), R, C, C, true);
-  linear_bwd(a.h1.f32(), p.value_w->v(), dv.f32(), dh.f32(), p.value_w->g(), p.value_b->g(), R, C, C, true);
-  layer_norm_bwd(a.x.f32(), p.ln1_w->v(), a.ln1_mean.f32(), a.ln1_rstd.f32(), dh.f32(), dx, p.ln1_w->g(),
-                 p.ln1_b->g(), R, C, /*accumulate_dx=*/true);
-}
-
 // ---------------------------------------------------------------- the model
 
 RqLoss RqTransformerTrainer::forward_backward(const RqBatch& batch, uint64_t dropout_seed, int64_t step) {
@@ -274,10 +174,10 @@ RqLoss RqTransformerTrainer::run(const RqBatch& batch, bool backward, float drop
   }
 
   // ---- body stack ----
-  std::vector<BlockActs> body_acts(body_.size());
+  std::vector<GptBlockActs> body_acts(body_.size());
   for (size_t i = 0; i < body_.size(); ++i) {
     Tensor Y = Tensor::empty({B * T, C});
-    block_forward(body_[i], body_acts[i], X.f32(), Y.f32(), B, T, dropout, seed, dropout_stream(step, uint32_t(2 * i)));
+    gpt_block_forward(body_[i], body_acts[i], X.f32(), Y.f32(), B, T, C, cfg_.n_head, dropout, seed, dropout_stream(step, uint32_t(2 * i)));
     X = Y;
   }
   const Tensor& out = X;  // [B*T,C], no final LayerNorm
@@ -312,11 +212,11 @@ RqLoss RqTransformerTrainer::run(const RqBatch& batch, bool backward, float drop
   add_pos_fwd(Vx.f32(), pos_emb_d_->v(), B * P * D, D, C);
 
   // ---- head stack ----
-  std::vector<BlockActs> head_acts(head_.size());
+  std::vector<GptBlockActs> head_acts(head_.size());
   Tensor O = Vx;
   for (size_t i = 0; i < head_.size(); ++i) {
     Tensor Y = Tensor::empty({B * P * D, C});
-    block_forward(head_[i], head_acts[i], O.f32(), Y.f32(), B * P, D, dropout, seed,
+    gpt_block_forward(head_[i], head_acts[i], O.f32(), Y.f32(), B * P, D, C, cfg_.n_head, dropout, seed,
                   dropout_stream(step, kHeadSiteBase + uint32_t(2 * i)));
     O = Y;
   }
@@ -383,9 +283,9 @@ RqLoss RqTransformerTrainer::run(const RqBatch& batch, bool backward, float drop
   // head stack
   for (size_t i = head_.size(); i-- > 0;) {
     Tensor dX = Tensor::empty({NI, C});
-    block_backward(head_[i], head_acts[i], dO.f32(), dX.f32(), B * P, D, dropout, seed,
+    gpt_block_backward(head_[i], head_acts[i], dO.f32(), dX.f32(), B * P, D, C, cfg_.n_head, dropout, seed,
                    dropout_stream(step, kHeadSiteBase + uint32_t(2 * i)));
-    head_acts[i] = BlockActs();
+    head_acts[i] = GptBlockActs();
     dO = dX;
   }
   const Tensor& dV = dO;  // [B*P*D,C]
@@ -421,9 +321,9 @@ RqLoss RqTransformerTrainer::run(const RqBatch& batch, bool backward, float drop
   Tensor dX = dOut;
   for (size_t i = body_.size(); i-- > 0;) {
     Tensor dXin = Tensor::empty({B * T, C});
-    block_backward(body_[i], body_acts[i], dX.f32(), dXin.f32(), B, T, dropout, seed,
+    gpt_block_backward(body_[i], body_acts[i], dX.f32(), dXin.f32(), B, T, C, cfg_.n_head, dropout, seed,
                    dropout_stream(step, uint32_t(2 * i)));
-    body_acts[i] = BlockActs();
+    body_acts[i] = GptBlockActs();
     dX = dXin;
   }
   // body input: text rows -> cond_emb, pos_emb_cond; image rows -> input_mlp, pos_emb_hw

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "train/gpt_block_train.h"
 #include "train/param.h"
 #include "transformer/stage2_config.h"
 
@@ -75,24 +76,15 @@ class RqTransformerTrainer {
   int64_t targets_per_batch(int64_t B) const;
 
  private:
-  struct BlockParams {  // one GPT block (names copy the released module tree, §2.1)
-    Param *ln1_w, *ln1_b, *key_w, *key_b, *query_w, *query_b, *value_w, *value_b, *proj_w, *proj_b;
-    Param *ln2_w, *ln2_b, *mlp0_w, *mlp0_b, *mlp2_w, *mlp2_b;
-  };
-  struct BlockActs;
   RqLoss run(const RqBatch& batch, bool backward, float dropout, uint64_t seed, int64_t step, Tensor* logits,
              Tensor* text_logits);
   void check_batch(const RqBatch& batch) const;
-  void block_forward(const BlockParams& p, BlockActs& a, const float* x, float* y, int64_t Bs, int64_t T,
-                     float dropout, uint64_t seed, uint64_t stream0);
-  void block_backward(const BlockParams& p, const BlockActs& a, float* dy, float* dx, int64_t Bs, int64_t T,
-                      float dropout, uint64_t seed, uint64_t stream0);
 
   RqTransformerConfig cfg_;
   RqTrainerOptions opt_;
   Tensor codebook_;  // [K,E] f32
   ParamSet ps_;
-  std::vector<BlockParams> body_, head_;
+  std::vector<GptBlockParams> body_, head_;
   Param *cond_emb_, *pos_emb_cond_, *pos_emb_hw_, *pos_emb_d_;
   Param *input_mlp_w_, *input_mlp_b_, *head_mlp_w_, *head_mlp_b_;
   Param *cls_ln_w_, *cls_ln_b_, *cls_w_, *cls_b_;
