@@ -385,17 +385,9 @@ Command reg("gallery", "Draw pictures for a file of prompts into a folder with a
                   ->capture_default_str();
               add_sampling_options(sub, opt->sampling, "pictures per prompt");
               add_common_options(sub, opt->common);
-              return [opt]() -> int {
-                try {
-                  return run_gallery(*opt);
-                } catch (const UsageError& e) {
-                  std::fprintf(stderr, "%serror: %s\n", kPrefix, e.what());
-                  return 2;
-                } catch (const Error& e) {
-                  if (!interrupted()) throw;
-                  std::fprintf(stderr, "%s%s; run the same command again to continue\n", kPrefix, e.what());
-                  return 128 + interrupt_signal();
-                }
+              return [opt] {
+                return run_with_exit_codes(kPrefix, [&] { return run_gallery(*opt); },
+                                           "; run the same command again to continue");
               };
             });
 

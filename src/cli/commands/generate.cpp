@@ -138,18 +138,7 @@ Command reg("generate", "Draw pictures for a text prompt with a text-to-image mo
       ->capture_default_str();
   add_sampling_options(sub, opt->sampling, "pictures to draw");
   add_common_options(sub, opt->common);
-  return [opt]() -> int {
-    try {
-      return run_generate(*opt);
-    } catch (const UsageError& e) {
-      std::fprintf(stderr, "%serror: %s\n", kPrefix, e.what());
-      return 2;
-    } catch (const Error& e) {
-      if (!interrupted()) throw;
-      std::fprintf(stderr, "%s%s\n", kPrefix, e.what());
-      return 128 + interrupt_signal();
-    }
-  };
+  return [opt] { return run_with_exit_codes(kPrefix, [&] { return run_generate(*opt); }); };
 });
 
 }  // namespace

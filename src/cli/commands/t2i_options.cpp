@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "cli_util.h"
+#include "progress.h"
 
 namespace hwaga::cli {
 
@@ -317,6 +318,20 @@ std::vector<uint8_t> to_rgb8(const float* chw, int64_t H, int64_t W) {
       out[size_t(i * 3 + c)] = uint8_t(std::min(255.0f, v));
     }
   return out;
+}
+
+int run_with_exit_codes(const std::string& prefix, const std::function<int()>& body,
+                        const std::string& interrupted_hint) {
+  try {
+    return body();
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "%serror: %s\n", prefix.c_str(), e.what());
+    return 2;
+  } catch (const Error& e) {
+    if (!interrupted()) throw;
+    std::fprintf(stderr, "%s%s%s\n", prefix.c_str(), e.what(), interrupted_hint.c_str());
+    return 128 + interrupt_signal();
+  }
 }
 
 }  // namespace hwaga::cli

@@ -9,6 +9,7 @@
 // exit 1.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -33,6 +34,13 @@ template <typename... Args>
 [[noreturn]] void usage_fail(Args&&... args) {
   throw UsageError(detail::concat(std::forward<Args>(args)...));
 }
+
+// Runs a command's body with the exit codes every long-running command shares: a UsageError
+// prints "<prefix>error: <message>" and returns 2; an Error thrown because SIGINT/SIGTERM was
+// caught (progress.h) prints "<prefix><message><interrupted_hint>" and returns 128 + the signal;
+// any other error propagates to main (message, exit 1).
+int run_with_exit_codes(const std::string& prefix, const std::function<int()>& body,
+                        const std::string& interrupted_hint = "");
 
 // The sampling options as given on the command line (empty string = the model's default).
 struct SamplingArgs {

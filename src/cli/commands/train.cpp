@@ -618,18 +618,7 @@ Command reg("train", "Train the text-to-image transformer (stage 2) on tar shard
   sub.add_option("--export-dtype", opt->export_dtype, "stage-2 dtype of --export: f32, bf16 or f16 (default f32)");
   sub.add_option("--dump-step", opt->dump_step, "")->group("");  // tests: the first step's gradients
   add_common_options(sub, opt->common);
-  return [opt] {
-    try {
-      return run_train(*opt);
-    } catch (const UsageError& e) {
-      std::fprintf(stderr, "%serror: %s\n", kPrefix, e.what());
-      return 2;
-    } catch (const Error& e) {
-      if (!interrupted()) throw;
-      std::fprintf(stderr, "%s%s\n", kPrefix, e.what());
-      return 128 + interrupt_signal();
-    }
-  };
+  return [opt] { return run_with_exit_codes(kPrefix, [&] { return run_train(*opt); }); };
 });
 
 }  // namespace

@@ -600,18 +600,7 @@ Command reg("train-tokenizer", "Train the image tokenizer (stage 1: an RQ-VAE or
   sub.add_flag("--export-only", opt->export_only, "write -o from WORK/checkpoint.safetensors without training");
   sub.add_option("--dump-step", opt->dump_step, "")->group("");  // tests: the first step's tensors
   add_common_options(sub, opt->common);
-  return [opt] {
-    try {
-      return run_train_tokenizer(*opt);
-    } catch (const UsageError& e) {
-      std::fprintf(stderr, "%serror: %s\n", kPrefix, e.what());
-      return 2;
-    } catch (const Error& e) {
-      if (!interrupted()) throw;
-      std::fprintf(stderr, "%s%s\n", kPrefix, e.what());
-      return 128 + interrupt_signal();
-    }
-  };
+  return [opt] { return run_with_exit_codes(kPrefix, [&] { return run_train_tokenizer(*opt); }); };
 });
 
 }  // namespace
