@@ -36,7 +36,7 @@ void write_stage2_model(const std::string& out, const SafetensorsFile& stage1_fi
 }
 
 std::string export_stage2_checkpoint(const std::string& checkpoint, const std::string& out, DType dtype,
-                                     const std::string& stage1_override) {
+                                     const std::string& stage1_override, const SamplingDefaults& sampling) {
   Checkpoint ck = read_checkpoint(checkpoint);
   const nlohmann::json& m = ck.meta;
   const std::string stage = m.value("stage", std::string());
@@ -57,6 +57,9 @@ std::string export_stage2_checkpoint(const std::string& checkpoint, const std::s
   } catch (const nlohmann::json::exception& e) {
     fail(checkpoint, ": incomplete training metadata (", e.what(), ")");
   }
+  const bool rq = s2.is_rq();
+  validate_sampling_defaults(sampling, rq ? SamplerSemantics::RqTransformer : SamplerSemantics::MinDalle,
+                             rq ? s2.rq.D() : 1, s2.image_vocab_size(), "the sampling options");
   const std::string s1path = stage1_override.empty() ? rec.path : stage1_override;
   if (!std::filesystem::exists(s1path))
     fail("the stage-1 model ", s1path, " that ", checkpoint,
@@ -68,13 +71,16 @@ std::string export_stage2_checkpoint(const std::string& checkpoint, const std::s
          "): its codes would not mean what the transformer learned");
   SafetensorsFile s1 = read_model_file(s1path);
   const int64_t step = m.at("step").get<int64_t>();
-  write_stage2_model(out, s1, s2, ck.tensors, text, tok, dtype,
-                     {{"trained_from", std::filesystem::path(checkpoint).filename().string() + " step " +
-                                           std::to_string(step)}});
+  std::map<std::string, std::string> meta = {
+      {"trained_from", std::filesystem::path(checkpoint).filename().string() + " step " + std::to_string(step)}};
+  if (!sampling.empty()) meta["sampling"] = sampling_defaults_to_json_text(sampling);
+  write_stage2_model(out, s1, s2, ck.tensors, text, tok, dtype, meta);
   char buf[512];
   std::snprintf(buf, sizeof buf, "wrote %s: %s, trained %lld steps, stage 2 as %s", out.c_str(),
                 describe_stage2_config(s2).c_str(), (long long)step, dtype_name(dtype));
-  return buf;
+  std::string summary = buf;
+  if (!sampling.empty()) summary += "; sampling defaults " + describe_sampling_defaults(sampling);
+  return summary;
 }
 
 }  // namespace hwaga::train

@@ -18,6 +18,7 @@
 
 #include "core/tensor_map.h"
 #include "io/safetensors.h"
+#include "sample/sampling_defaults.h"
 #include "transformer/stage2_config.h"
 
 namespace hwaga::train {
@@ -32,8 +33,10 @@ void write_stage2_model(const std::string& out, const SafetensorsFile& stage1_fi
 // Exports a stage-2 training checkpoint (train/checkpoint.h, stage "rq-transformer" or
 // "mindalle-gpt") to `out`.
 // `stage1_override` (optional) replaces the stage-1 path recorded in the checkpoint (its content
-// must still match the recorded size and hash). Returns a one-line summary.
+// must still match the recorded size and hash). `sampling` (optional) is stored as the file's
+// recommended sampling settings (metadata "sampling", sample/sampling_defaults.h), checked
+// against the model first. Returns a one-line summary.
 std::string export_stage2_checkpoint(const std::string& checkpoint, const std::string& out, DType dtype,
-                                     const std::string& stage1_override = "");
+                                     const std::string& stage1_override = "", const SamplingDefaults& sampling = {});
 
 }  // namespace hwaga::train

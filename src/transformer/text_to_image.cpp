@@ -124,6 +124,14 @@ std::unique_ptr<TextToImageModel> TextToImageModel::load(const SafetensorsFile& 
       fail(file.path, ": the tokenizer has ", m->tokenizer_->vocab_size, " ids but stage2's text vocabulary has ",
            m->cond_vocab_size());
   }
+  auto sampling = file.metadata.find("sampling");
+  if (sampling != file.metadata.end()) {
+    const std::string where = file.path + " metadata \"sampling\"";
+    m->sampling_ = sampling_defaults_from_json_text(sampling->second, where);
+    const bool rq = m->stage2_cfg_.is_rq();
+    validate_sampling_defaults(m->sampling_, rq ? SamplerSemantics::RqTransformer : SamplerSemantics::MinDalle,
+                               rq ? m->stage2_cfg_.rq.D() : 1, m->stage2_cfg_.image_vocab_size(), where);
+  }
   std::vector<TensorSpec> specs = stage2_tensor_specs(m->stage2_cfg_);
   for (TensorSpec& s : specs) s.name = "stage2." + s.name;
   check_tensors(file.tensors, specs, "stage2.", file.path);
@@ -254,6 +262,7 @@ std::string TextToImageModel::describe() const {
     if (tokenizer_) os << ", tokenizer " << tokenizer_->type() << " (" << tokenizer_->vocab_size << " ids)";
     else os << ", no tokenizer in the file";
   }
+  if (!sampling_.empty()) os << "\nsampling defaults (from the file): " << describe_sampling_defaults(sampling_);
   return os.str();
 }
 

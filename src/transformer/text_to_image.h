@@ -20,6 +20,7 @@
 #include "io/safetensors.h"
 #include "nn/image_tokenizer.h"
 #include "sample/sampler.h"
+#include "sample/sampling_defaults.h"
 #include "text/text_tokenizer.h"
 #include "transformer/presets.h"
 #include "transformer/stage2_config.h"
@@ -64,6 +65,9 @@ class TextToImageModel {
   ImageTokenizer& image_tokenizer() { return *stage1_; }
   const Stage2Config& stage2_config() const { return stage2_cfg_; }
   const TextSettings& text_settings() const { return text_; }
+  // The file's recommended sampling settings (metadata "sampling"; empty when it has none),
+  // checked against the model's depth and vocabulary at load.
+  const SamplingDefaults& sampling_defaults() const { return sampling_; }
 
   std::string kind() const;  // "rq-transformer" or "mindalle-gpt"
   Shape code_shape() const;  // {h, w, D}: {8,8,4} RQ, {16,16,1} minDALL-E
@@ -93,6 +97,7 @@ class TextToImageModel {
   std::unique_ptr<ImageTokenizer> stage1_;
   Stage2Config stage2_cfg_;
   TextSettings text_;
+  SamplingDefaults sampling_;
   std::unique_ptr<Stage2Model> stage2_;
 };
 

@@ -18,11 +18,14 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import unittest
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hwaga_testlib import HWAGA_BIN, TORCH_REF, hwaga, main, read_png  # noqa: E402
@@ -94,6 +97,62 @@ class TrainCli(unittest.TestCase):
         p = hwaga("train", "--init", self.s1, "--shards", self.shards, "--work-dir", self.work("ft3"), "--steps", "2")
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertIn("image tokenizer only", p.stderr)
+
+    def test_export_stores_sampling_defaults(self):
+        """export --top-k/--top-p/--temperature/--cfg -> metadata "sampling"; generate uses it for the
+        options left out (the same codes as passing them), a given option overrides it."""
+        w = self.work("sdef")
+        hwaga(*self.base(w, "--steps", "2"), check=True)
+        ck = os.path.join(w, "checkpoint.safetensors")
+        model = os.path.join(self.tmp, "sdef.safetensors")
+        p = hwaga("export", "--checkpoint", ck, "-o", model, "--top-k", "3,2,2,1", "--top-p", "0.8",
+                  "--temperature", "0.7", check=True)
+        self.assertIn("sampling defaults top-k 3,2,2,1, top-p 0.8, temperature 0.7", p.stdout)
+        self.assertIn("sampling defaults (from the file): top-k 3,2,2,1, top-p 0.8, temperature 0.7",
+                      hwaga("info", "-m", model, check=True).stdout)
+
+        def codes(name, *flags):
+            out = os.path.join(self.tmp, name)
+            p = hwaga("generate", "-m", model, "-p", "red circle", "--seed", "4", "-n", "3", "-o",
+                      os.path.join(self.tmp, name + "%d.png"), "--codes-out", out, *flags, check=True)
+            return np.load(out), p.stderr
+
+        c_file, err = codes("sd_file.npy")
+        self.assertIn("top-k 3,2,2,1, top-p 0.8, temperature 0.7", err)
+        c_flags, _ = codes("sd_flags.npy", "--top-k", "3,2,2,1", "--top-p", "0.8", "--temperature", "0.7")
+        np.testing.assert_array_equal(c_file, c_flags)
+        c_family, err = codes("sd_family.npy", "--top-k", "1024", "--top-p", "0.95", "--temperature", "1")
+        self.assertFalse(np.array_equal(c_file, c_family), "the file's defaults were not used")
+        self.assertIn("top-k 1024, top-p 0.95, temperature 1", err)
+        _, err = codes("sd_mixed.npy", "--top-k", "none")  # one option given: the rest from the file
+        self.assertIn("top-k none, top-p 0.8, temperature 0.7", err)
+        # bad recommendations are refused before anything is written
+        bad = os.path.join(self.tmp, "sdef-bad.safetensors")
+        for flags, code, needle in ((["--top-k", "0"], 2, "--top-k"), (["--top-p", "1.5"], 2, "--top-p"),
+                                    (["--temperature", "-1"], 2, "--temperature"),
+                                    (["--top-k", "3,2"], 1, "one per depth")):
+            p = hwaga("export", "--checkpoint", ck, "-o", bad, *flags)
+            self.assertEqual(p.returncode, code, (flags, p.stderr))
+            self.assertIn(needle, p.stderr)
+            self.assertFalse(os.path.exists(bad), flags)
+        # a hand-edited file with a bad "sampling" entry names the field
+        with open(model, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(n))
+            data = f.read()
+        for text, needle in (('{"top_k": [0]}', "top_k"), ('{"top_p": "x"}', "top_p"),
+                             ('{"temprature": 1}', "unknown field \"temprature\""), ("[", "not valid JSON"),
+                             ('{"top_k": [1, 2, 3]}', "one per depth")):
+            header["__metadata__"]["sampling"] = text
+            h = json.dumps(header).encode()
+            h += b" " * (-len(h) % 8)
+            with open(bad, "wb") as f:
+                f.write(struct.pack("<Q", len(h)) + h + data)
+            p = hwaga("generate", "-m", bad, "-p", "red circle", "-o", os.path.join(self.tmp, "bad.png"))
+            self.assertEqual(p.returncode, 1, (text, p.stderr))
+            self.assertIn('metadata "sampling"', p.stderr)
+            self.assertIn(needle, p.stderr)
+            self.assertFalse(os.path.exists(os.path.join(self.tmp, "bad.png")))
 
     def test_resume_is_bitwise(self):
         a, b = self.work("full"), self.work("split")

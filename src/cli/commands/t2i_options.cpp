@@ -28,12 +28,17 @@ void add_sampling_options(CLI::App& sub, SamplingArgs& a, const char* n_help) {
       "random seed (default: a random one, printed); picture i uses the stream (seed, i)");
   sub.add_option("--top-k", a.top_k,
                  "keep the K most likely codes: K, or one K per depth K0,K1,K2,K3 (RQ), or none "
-                 "(default: 1024 for RQ text models, 256 for minDALL-E)");
+                 "(default: the model file's, else 1024 for RQ text models, 256 for minDALL-E)");
   sub.add_option("--top-p", a.top_p,
-                 "nucleus sampling mass in (0,1]: P, P0,..,P3 (RQ), or none (default: 0.95 RQ, none minDALL-E)");
-  sub.add_option("--temperature", a.temperature, "softmax temperature > 0")->capture_default_str();
-  sub.add_option("--cfg", a.cfg,
-                 "classifier-free guidance scale (0 = off; an extension, the released models had none)");
+                 "nucleus sampling mass in (0,1]: P, P0,..,P3 (RQ), or none (default: the model file's, else 0.95 RQ, "
+                 "none minDALL-E)");
+  sub.add_option_function<double>(
+      "--temperature", [&a](const double& v) { a.temperature = v, a.temperature_given = true; },
+      "softmax temperature > 0 (default 1, or the model file's)");
+  sub.add_option_function<double>(
+      "--cfg", [&a](const double& v) { a.cfg = v, a.cfg_given = true; },
+      "classifier-free guidance scale (0 = off, the default unless the model file recommends one; an extension, "
+      "the released models had none)");
   sub.add_flag("--greedy", a.greedy, "always take the most likely code (ignores the sampling options)");
   sub.add_option("--batch", a.batch, "candidates sampled together (0 = all); the pictures do not depend on it");
 }
@@ -57,36 +62,6 @@ std::vector<std::string> split_commas(const std::string& s) {
 
 bool is_none(const std::string& s) { return s == "none" || s == "None" || s == "off"; }
 
-std::vector<int> parse_top_k(const std::string& s) {
-  if (s.empty() || is_none(s)) return {};
-  std::vector<int> out;
-  for (const std::string& piece : split_commas(s)) {
-    char* end = nullptr;
-    errno = 0;
-    long v = std::strtol(piece.c_str(), &end, 10);
-    if (piece.empty() || *end != '\0' || errno)
-      usage_fail("--top-k '", s, "': expected an integer K >= 1, or K0,K1,... (one per depth), or none");
-    if (v < 1) usage_fail("--top-k ", v, ": must be at least 1 (use none for no top-k cutoff)");
-    if (v > (1 << 30)) usage_fail("--top-k ", v, ": too large");
-    out.push_back(int(v));
-  }
-  return out;
-}
-
-std::vector<float> parse_top_p(const std::string& s) {
-  if (s.empty() || is_none(s)) return {};
-  std::vector<float> out;
-  for (const std::string& piece : split_commas(s)) {
-    char* end = nullptr;
-    double v = std::strtod(piece.c_str(), &end);
-    if (piece.empty() || *end != '\0')
-      usage_fail("--top-p '", s, "': expected a number in (0, 1], or P0,P1,... (one per depth), or none");
-    if (!(v > 0.0 && v <= 1.0)) usage_fail("--top-p ", piece, ": must be in (0, 1]");
-    out.push_back(float(v));
-  }
-  return out;
-}
-
 // The shortest decimal text that reads back as the same float.
 std::string number_text(float v) {
   char buf[64];
@@ -106,6 +81,36 @@ std::string list_text(const std::vector<T>& v) {
 }
 
 }  // namespace
+
+std::vector<int> parse_top_k(const std::string& s, const char* option) {
+  if (s.empty() || is_none(s)) return {};
+  std::vector<int> out;
+  for (const std::string& piece : split_commas(s)) {
+    char* end = nullptr;
+    errno = 0;
+    long v = std::strtol(piece.c_str(), &end, 10);
+    if (piece.empty() || *end != '\0' || errno)
+      usage_fail(option, " '", s, "': expected an integer K >= 1, or K0,K1,... (one per depth), or none");
+    if (v < 1) usage_fail(option, " ", v, ": must be at least 1 (use none for no top-k cutoff)");
+    if (v > (1 << 30)) usage_fail(option, " ", v, ": too large");
+    out.push_back(int(v));
+  }
+  return out;
+}
+
+std::vector<float> parse_top_p(const std::string& s, const char* option) {
+  if (s.empty() || is_none(s)) return {};
+  std::vector<float> out;
+  for (const std::string& piece : split_commas(s)) {
+    char* end = nullptr;
+    double v = std::strtod(piece.c_str(), &end);
+    if (piece.empty() || *end != '\0')
+      usage_fail(option, " '", s, "': expected a number in (0, 1], or P0,P1,... (one per depth), or none");
+    if (!(v > 0.0 && v <= 1.0)) usage_fail(option, " ", piece, ": must be in (0, 1]");
+    out.push_back(float(v));
+  }
+  return out;
+}
 
 void check_sampling_args(const SamplingArgs& a) {
   parse_top_k(a.top_k);
@@ -133,19 +138,16 @@ Sampling resolve_sampling(const SamplingArgs& a, const TextToImageModel& model) 
   Sampling s;
   const bool rq = model.stage2_config().is_rq();
   const int K = model.stage2_config().image_vocab_size();
-  s.sampler.temperature = float(a.temperature);
-  if (a.top_k.empty()) {
-    s.sampler.top_k = {rq ? 1024 : std::min(256, K)};
-  } else {
-    s.sampler.top_k = parse_top_k(a.top_k);
-  }
-  if (a.top_p.empty()) {
-    if (rq) s.sampler.top_p = {0.95f};
-  } else {
-    s.sampler.top_p = parse_top_p(a.top_p);
-  }
+  const SamplingDefaults& file = model.sampling_defaults();
+  s.sampler.temperature = a.temperature_given ? float(a.temperature) : file.temperature.value_or(1.0f);
+  if (!a.top_k.empty()) s.sampler.top_k = parse_top_k(a.top_k);
+  else if (file.top_k) s.sampler.top_k = *file.top_k;
+  else s.sampler.top_k = {rq ? 1024 : std::min(256, K)};
+  if (!a.top_p.empty()) s.sampler.top_p = parse_top_p(a.top_p);
+  else if (file.top_p) s.sampler.top_p = *file.top_p;
+  else if (rq) s.sampler.top_p = {0.95f};
   s.greedy = a.greedy;
-  s.cfg = float(a.cfg);
+  s.cfg = a.cfg_given ? float(a.cfg) : file.cfg.value_or(0.0f);
   s.n = a.n;
   s.batch = a.batch;
   s.seed_random = !a.seed_given;

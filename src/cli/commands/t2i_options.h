@@ -42,12 +42,15 @@ template <typename... Args>
 int run_with_exit_codes(const std::string& prefix, const std::function<int()>& body,
                         const std::string& interrupted_hint = "");
 
-// The sampling options as given on the command line (empty string = the model's default).
+// The sampling options as given on the command line (empty string / not given = the model file's
+// recommendation, metadata "sampling" (sample/sampling_defaults.h), else the family default).
 struct SamplingArgs {
   std::string top_k;        // "K" or "K0,K1,K2,K3" (RQ per depth) or "none"
   std::string top_p;        // "P" or "P0,..,P3" or "none"
   double temperature = 1.0; // the same default for both families
+  bool temperature_given = false;
   double cfg = 0;           // classifier-free guidance scale, 0 = off
+  bool cfg_given = false;
   bool greedy = false;
   uint64_t seed = 0;
   bool seed_given = false;
@@ -59,6 +62,10 @@ void add_sampling_options(CLI::App& sub, SamplingArgs& a, const char* n_help);
 // Range checks that need no model (top-k >= 1, 0 < top-p <= 1, temperature > 0 and finite,
 // n >= 1, batch >= 0, cfg finite); throws UsageError naming the option and the value.
 void check_sampling_args(const SamplingArgs& a);
+// "64" / "64,32,16,8" / "none" -> {64} / {64,32,16,8} / {}; throws UsageError naming `option`.
+std::vector<int> parse_top_k(const std::string& s, const char* option = "--top-k");
+// "0.9" / "0.9,0.8" / "none" -> {0.9f} / ... / {}; throws UsageError naming `option`.
+std::vector<float> parse_top_p(const std::string& s, const char* option = "--top-p");
 
 // The options resolved against a model: defaults filled in, checked with the model's depth and
 // vocabulary (validate_sampler_options), the seed chosen.
@@ -72,7 +79,8 @@ struct Sampling {
   std::string top_k_text, top_p_text;  // as stored in the PNG ("1024", "none", "64,32,16,8")
   std::string temperature_text, cfg_text;
 };
-// Family defaults (architecture.md §3.4, §4.4): RQ text models top-k 1024, top-p 0.95,
+// An option not given takes the model file's recommendation (TextToImageModel::sampling_defaults),
+// else the family default (architecture.md §3.4, §4.4): RQ text models top-k 1024, top-p 0.95,
 // temperature 1.0 (the released T2I notebook); minDALL-E top-k 256 (capped at K), no top-p.
 Sampling resolve_sampling(const SamplingArgs& a, const TextToImageModel& model);
 // A fresh random seed (std::random_device), below 2^53 so that any JSON reader keeps it exact.
