@@ -482,14 +482,15 @@ def reconstruction(run, model, records, work, batch, max_pictures):
 
 # ---------------------------------------------------------------- 2. prompt faithfulness
 
-def run_gallery(run, model, prompts, n, seed, work, gallery_dir):
-    """Draws n pictures for each prompt with one `hwaga gallery` process; returns
+def run_gallery(run, model, prompts, n, seed, work, gallery_dir, sampling=()):
+    """Draws n pictures for each prompt with one `hwaga gallery` process (`sampling`: extra options
+    such as ("--top-k", "64"); none = the model file's recommendation); returns
     (uint8 pictures [len(prompts), n, R, R, 3], gallery.json, stderr)."""
     out_dir = gallery_dir or os.path.join(work, "gallery")
     prompts_file = os.path.join(work, "prompts.txt")
     with open(prompts_file, "w", encoding="utf-8") as f:
         f.write("# eval_quality.py prompts\n" + "".join(p + "\n" for p in prompts))
-    p = run("gallery", "-m", model, prompts_file, "-o", out_dir, "-n", n, "--seed", seed)
+    p = run("gallery", "-m", model, prompts_file, "-o", out_dir, "-n", n, "--seed", seed, *sampling)
     with open(os.path.join(out_dir, "gallery.json"), encoding="utf-8") as f:
         state = json.load(f)
     folders = {}
@@ -603,6 +604,9 @@ def parse_args(argv):
     ap.add_argument("--max-recon-pictures", type=int, default=0, help="reconstruct only the first N pictures (0 = all)")
     ap.add_argument("--skip-recon", action="store_true", help="skip the tokenizer reconstruction")
     ap.add_argument("--skip-generate", action="store_true", help="skip the prompt faithfulness")
+    ap.add_argument("--top-k", help="hwaga's --top-k (default: the model file's recommendation, else the family's)")
+    ap.add_argument("--top-p", help="hwaga's --top-p (default: as --top-k)")
+    ap.add_argument("--temperature", help="hwaga's --temperature (default: as --top-k)")
     ap.add_argument("--gallery-dir", help="keep the drawn pictures here (a hwaga gallery folder; a rerun continues it)")
     a = ap.parse_args(argv)
     if a.n < 1:
@@ -658,7 +662,9 @@ def evaluate(a):
                 raise EvalError("no captions to draw in the %s split for --lang %s" % (a.split, a.lang))
             t0 = time.time()
             log("generation: %d prompts x %d pictures" % (len(prompts), a.n))
-            imgs, state, stderr = run_gallery(run, a.model, prompts, a.n, a.seed, work, a.gallery_dir)
+            sampling = [x for opt in ("top_k", "top_p", "temperature") if getattr(a, opt) is not None
+                        for x in ("--" + opt.replace("_", "-"), str(getattr(a, opt)))]
+            imgs, state, stderr = run_gallery(run, a.model, prompts, a.n, a.seed, work, a.gallery_dir, sampling)
             report["timings"]["generation"] = round(time.time() - t0, 3)
             report["hwaga"]["version"] = state.get("software")
             truncated = set(int(m) for m in re.findall(r"line \d+ \(prompt (\d+)\) has \d+ tokens", stderr))
