@@ -206,7 +206,10 @@ std::string resolve_model_path(const std::string& given) {
   if (!given.empty()) return given;
   std::vector<std::string> tried;
   if (const char* env = std::getenv("HWAGA_MODEL"); env && *env) {
-    if (fs::is_regular_file(env)) return env;
+    if (fs::is_regular_file(env)) {
+      std::fprintf(stderr, "hwaga: model %s ($HWAGA_MODEL)\n", env);
+      return env;
+    }
     tried.push_back(std::string(env) + " ($HWAGA_MODEL)");
   }
   const std::string dir = executable_dir();
@@ -215,7 +218,11 @@ std::string resolve_model_path(const std::string& given) {
                             "../../samples/models/default.safetensors"}) {
       fs::path p = fs::path(dir) / rel;
       std::error_code ec;
-      if (fs::is_regular_file(p, ec)) return p.lexically_normal().string();
+      if (fs::is_regular_file(p, ec)) {
+        std::fprintf(stderr, "hwaga: model %s (the default model; -m MODEL picks another)\n",
+                     p.lexically_normal().c_str());
+        return p.lexically_normal().string();
+      }
       tried.push_back(p.lexically_normal().string());
     }
   }

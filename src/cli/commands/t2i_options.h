@@ -93,7 +93,8 @@ GenerateOptions generate_options(const Sampling& s, uint64_t seed);
 // ---- the model ----
 // -m as given, or the default model: $HWAGA_MODEL, else samples/models/default.safetensors
 // found from the executable (<exe dir>/../samples/models/, <exe dir>/../share/hwaga/models/,
-// <exe dir>/../../samples/models/). Throws naming every place looked at and how to pass -m.
+// <exe dir>/../../samples/models/); says on stderr which file it took. Throws naming every place
+// looked at and how to pass -m.
 std::string resolve_model_path(const std::string& given);
 // read_model_file + TextToImageModel::load, refusing a file with no text stage or no text
 // tokenizer ("<path> has no text stage (stage2) ..." / "... takes no text ...").
