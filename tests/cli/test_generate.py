@@ -133,6 +133,56 @@ class GenerateTest(unittest.TestCase):
         np.testing.assert_array_equal(np.load(os.path.join(d, "k.npy")), np.load(os.path.join(d, "k_ref.npy")))
         self.assertTrue((np.load(os.path.join(d, "k.npy"))[..., 3] >= 0).all())
 
+    def test_class_and_unconditional_models(self):
+        """generate --class N on a class-conditional RQ model, and no condition on an unconditional
+        one: sampled codes equal the reference's (the condition id is the class, or 0)."""
+        for cond in ("class", "none"):
+            s1 = os.path.join(self.root, "rq", "stage1")
+            s2 = os.path.join(self.root, "rq-" + cond)
+            torch_ref("make_stage2_checkpoint.py", "--kind", "rq", "--size", "tiny", "--cond", cond, "--seed", "3",
+                      "--codebook-from", s1, "--out", s2, timeout=300)
+            model = os.path.join(self.root, "rq-%s.safetensors" % cond)
+            hwaga("convert", "rq", "--stage1", s1, "--stage2", s2, "-o", model, check=True)
+            d = self.out_dir("cond-" + cond)
+            args = ["--class", "7"] if cond == "class" else []
+            p = hwaga("generate", "-m", model, *args, "--seed", "9", "-n", "2", "--top-k", "8", "--top-p", "0.9",
+                      "-o", os.path.join(d, "c%d.png"), "--codes-out", os.path.join(d, "c.npy"), check=True)
+            self.assertIn("class 7" if cond == "class" else "unconditional", p.stderr)
+            ids = os.path.join(d, "ids.json")
+            with open(ids, "w") as f:
+                json.dump([7 if cond == "class" else 0], f)
+            torch_ref("rq_transformer_ref.py", "sample", "--ckpt", s2, "--stage1", s1, "--text-ids", ids,
+                      "--top-k", "8", "--top-p", "0.9", "--temperature", "1.0", "--seed", "9", "--n", "2",
+                      "--rng", "hwaga", "--out", os.path.join(d, "c_ref.npy"))
+            np.testing.assert_array_equal(np.load(os.path.join(d, "c.npy")), np.load(os.path.join(d, "c_ref.npy")))
+            text = t2i.png_text(os.path.join(d, "c1.png"))
+            if cond == "class":
+                self.assertEqual(text["hwaga.class"], "7")
+                self.assertIn("--class 7", text["hwaga.reproduce"])
+            self.assertNotIn("hwaga.prompt", text)
+            # what each model takes is checked: exit 2 naming the option
+            bad = [(["-p", PROMPT], "takes no text"), ([], "--class N is needed"), (["--class", "10"], "classes 0..9")]
+            if cond == "none":
+                bad = [(["-p", PROMPT], "takes no text"), (["--class", "1"], "unconditional")]
+            for extra, needle in bad:
+                p = hwaga("generate", "-m", model, *extra, "-o", os.path.join(d, "bad.png"))
+                self.assertEqual(p.returncode, 2, (cond, extra, p.stderr))
+                self.assertIn(needle, p.stderr)
+                self.assertFalse(os.path.exists(os.path.join(d, "bad.png")))
+            prompts = os.path.join(d, "prompts.txt")
+            with open(prompts, "w") as f:
+                f.write("a red circle\n")
+            p = hwaga("gallery", "-m", model, prompts, "-o", os.path.join(d, "gal"))
+            self.assertEqual(p.returncode, 1, p.stderr)
+            self.assertIn("gallery needs a text-to-image model", p.stderr)
+        # a text model wants -p and refuses --class
+        p = hwaga("generate", "-m", self.rq, "-o", os.path.join(self.root, "nop.png"))
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("-p PROMPT is needed", p.stderr)
+        p = hwaga("generate", "-m", self.rq, "--class", "1", "-o", os.path.join(self.root, "nop.png"))
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("text-to-image model", p.stderr)
+
     def test_mindalle_codes_match_reference(self):
         ids = self.text_ids(self.md, PROMPT)
         ckpt = os.path.join(self.root, "md")

@@ -347,7 +347,7 @@ int run_gallery(const GalleryOptions& opt) {
         const float* chw = x.f32() + (i - b0) * 3 * R * R;
         rgb.push_back(to_rgb8(chw, R, R));
         write_png_rgb8(outs.temp_for(size_t(i)), rgb.back().data(), R, R,
-                       picture_text(p.text, model_path, s, seed_k, i, command_line));
+                       picture_text(Condition{p.text}, model_path, s, seed_k, i, command_line));
         outs.written(size_t(i));
       }
       throw_if_interrupted();

@@ -1,6 +1,9 @@
-// hwaga generate [-m MODEL] -p PROMPT [-n N] [--seed S] [--top-k K[,K,K,K]] [--top-p P[,..]]
+// hwaga generate [-m MODEL] -p PROMPT | --class N [-n N] [--seed S] [--top-k K[,K,K,K]] [--top-p P[,..]]
 //                [--temperature T] [--cfg S] [--batch B] [-o out_%02d.png] [--codes-out codes.npy]
 //                [--greedy] [--threads N] [--device D]
+//
+// Class-conditional models (ImageNet presets) take --class N instead of -p, unconditional ones
+// (FFHQ, LSUN) neither: the single condition id is the class or 0.
 //
 // Text -> pictures: the prompt is tokenized with the model's own tokenizer (truncated to its
 // context with a warning), the stage-2 transformer samples N code maps (candidate i from the
@@ -15,6 +18,7 @@
 // All or nothing: pictures and codes go to temporary names and are renamed into place only when
 // everything was written; an error or Ctrl-C leaves no new file behind. Exit codes: 0 done,
 // 1 error (model, prompt encoding, files), 2 bad option value, 128+signal when interrupted.
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -39,17 +43,43 @@ struct GenerateCliOptions {
   std::string model;
   std::string prompt;
   bool prompt_given = false;
+  int class_id = -1;
   std::string output = "out_%02d.png";
   std::string codes_out;
   int decode_batch = 4;
   SamplingArgs sampling;
 };
 
+// What the model is drawn from, checked against what it takes.
+Condition condition_for(const TextToImageModel& model, const GenerateCliOptions& opt, const std::string& path) {
+  const bool text = model.stage2_config().text_length() > 0;
+  const bool classes = !text && model.cond_vocab_size() > 1;
+  if (text) {
+    if (opt.class_id >= 0) usage_fail("--class: ", path, " is a text-to-image model; give a prompt with -p");
+    if (!opt.prompt_given) usage_fail("-p PROMPT is needed: ", path, " is a text-to-image model");
+    return Condition{opt.prompt};
+  }
+  if (opt.prompt_given)
+    usage_fail("-p: ", path, " takes no text (it is ", classes ? "class-conditional: use --class N" : "unconditional",
+               ")");
+  if (classes) {
+    if (opt.class_id < 0)
+      usage_fail("--class N is needed: ", path, " is class-conditional (classes 0..", model.cond_vocab_size() - 1, ")");
+    if (opt.class_id >= model.cond_vocab_size())
+      usage_fail("--class ", opt.class_id, ": this model has classes 0..", model.cond_vocab_size() - 1);
+    return Condition{"", opt.class_id};
+  }
+  if (opt.class_id >= 0) usage_fail("--class: ", path, " is unconditional; leave --class out");
+  return Condition{};
+}
+
 int run_generate(const GenerateCliOptions& opt) {
   // ---- everything that can be checked without the model ----
   check_sampling_args(opt.sampling);
-  if (opt.prompt.find_first_not_of(" \t\r\n\f\v") == std::string::npos)
+  const bool has_prompt = opt.prompt_given;
+  if (has_prompt && opt.prompt.find_first_not_of(" \t\r\n\f\v") == std::string::npos)
     usage_fail("-p: the prompt is empty (expected some text to draw)");
+  if (has_prompt && opt.class_id >= 0) usage_fail("-p and --class exclude each other");
   std::vector<std::string> names;
   try {
     names = expand_outputs(opt.output, opt.sampling.n);
@@ -66,11 +96,17 @@ int run_generate(const GenerateCliOptions& opt) {
   // ---- model and settings ----
   const std::string model_path = resolve_model_path(opt.model);
   auto backend = select_backend(opt.common);
-  LoadedModel lm = load_text_model(model_path, *backend);
+  LoadedModel lm = load_stage2_model(model_path, *backend);
   TextToImageModel& model = *lm.model;
+  const Condition cond = condition_for(model, opt, model_path);
   const Sampling s = resolve_sampling(opt.sampling, model);
-  const std::vector<int32_t> ids = prompt_ids(model.tokenizer(), opt.prompt, "the prompt", kPrefix);
-  std::fprintf(stderr, "%s%s, %d picture%s, seed %llu%s, %s\n", kPrefix, model.kind().c_str(), s.n,
+  // the condition ids: the padded prompt, or the one id of a class-conditional (the class) or
+  // unconditional (0) model
+  const std::vector<int32_t> ids = opt.prompt_given
+                                       ? prompt_ids(model.tokenizer(), opt.prompt, "the prompt", kPrefix)
+                                       : std::vector<int32_t>{std::max(cond.class_id, 0)};
+  std::fprintf(stderr, "%s%s%s, %d picture%s, seed %llu%s, %s\n", kPrefix, model.kind().c_str(),
+               cond.prompt.empty() ? (", " + cond.description()).c_str() : "", s.n,
                s.n == 1 ? "" : "s", (unsigned long long)s.seed, s.seed_random ? " (random; --seed repeats it)" : "",
                s.greedy ? "greedy" : ("top-k " + s.top_k_text + ", top-p " + s.top_p_text + ", temperature " +
                                       s.temperature_text + (s.cfg != 0.0f ? ", cfg " + s.cfg_text : ""))
@@ -100,7 +136,7 @@ int run_generate(const GenerateCliOptions& opt) {
       Tensor x = model.decode(codes.slice0(b0, b1));  // [b,3,R,R]
       const int64_t R = x.dim(2);
       for (int64_t i = b0; i < b1; ++i) {
-        auto text = picture_text(opt.prompt, model_path, s, s.seed, i, command_line);
+        auto text = picture_text(cond, model_path, s, s.seed, i, command_line);
         try {
           write_png(outs.temp_for(size_t(i)), x.slice0(i - b0, i - b0 + 1).reshape({3, R, x.dim(3)}), text);
         } catch (const Error& e) {
@@ -129,7 +165,11 @@ Command reg("generate", "Draw pictures for a text prompt with a text-to-image mo
   auto opt = std::make_shared<GenerateCliOptions>();
   sub.add_option("-m,--model", opt->model,
                  "hwaga model file (default: samples/models/default.safetensors, or $HWAGA_MODEL)");
-  sub.add_option("-p,--prompt", opt->prompt, "what to draw (UTF-8)")->required();
+  sub.add_option_function<std::string>(
+      "-p,--prompt", [o = opt.get()](const std::string& v) { o->prompt = v, o->prompt_given = true; },
+      "what to draw (UTF-8), for text-to-image models");
+  sub.add_option("--class", opt->class_id, "class id to draw, for class-conditional models (ImageNet: 0..999)")
+      ->check(CLI::NonNegativeNumber);
   sub.add_option("-o,--output", opt->output, "PNG name pattern; needs a %d field (out_%02d.png) when -n > 1")
       ->capture_default_str();
   sub.add_option("--codes-out", opt->codes_out, "also write the sampled codes, int32 [N,h,w,D] .npy");

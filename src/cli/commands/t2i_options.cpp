@@ -234,17 +234,23 @@ std::string resolve_model_path(const std::string& given) {
        "`hwaga convert rq ...` or `hwaga convert mindalle ...`), or set HWAGA_MODEL");
 }
 
-LoadedModel load_text_model(const std::string& path, Backend& backend) {
+LoadedModel load_stage2_model(const std::string& path, Backend& backend) {
   LoadedModel m;
   m.path = path;
   m.file = read_model_file(path);
   m.model = TextToImageModel::load(m.file, backend);
+  if (m.model->stage2_config().text_length() > 0 && !m.model->has_tokenizer())
+    fail(path, ": no text tokenizer in the metadata (\"tokenizer\"); convert the model again with its vocabulary");
+  return m;
+}
+
+LoadedModel load_text_model(const std::string& path, Backend& backend) {
+  LoadedModel m = load_stage2_model(path, backend);
   if (m.model->stage2_config().text_length() == 0)
     fail(path, ": this ", m.model->kind(), " model takes no text (",
          m.model->cond_vocab_size() > 1 ? "it is class-conditional" : "it is unconditional",
-         "); generate and gallery need a text-to-image model");
-  if (!m.model->has_tokenizer())
-    fail(path, ": no text tokenizer in the metadata (\"tokenizer\"); convert the model again with its vocabulary");
+         "); gallery needs a text-to-image model (draw it with generate --class N, or without -p when "
+         "unconditional)");
   return m;
 }
 
@@ -286,21 +292,32 @@ std::vector<std::string> process_arguments() {
   return out;
 }
 
-std::map<std::string, std::string> picture_text(const std::string& prompt, const std::string& model_path,
+std::string Condition::description() const {
+  if (class_id >= 0) return "class " + std::to_string(class_id);
+  return prompt.empty() ? "unconditional" : prompt;
+}
+
+std::vector<std::string> Condition::args() const {
+  if (class_id >= 0) return {"--class", std::to_string(class_id)};
+  if (prompt.empty()) return {};
+  return {"-p", prompt};
+}
+
+std::map<std::string, std::string> picture_text(const Condition& cond, const std::string& model_path,
                                                 const Sampling& s, uint64_t seed, int64_t candidate,
                                                 const std::string& command_line) {
-  std::vector<std::string> again = {"hwaga", "generate", "-m", model_path, "-p", prompt, "--seed",
-                                    std::to_string(seed), "-n", std::to_string(candidate + 1)};
+  std::vector<std::string> again = {"hwaga", "generate", "-m", model_path};
+  for (const std::string& a : cond.args()) again.push_back(a);
+  again.insert(again.end(), {"--seed", std::to_string(seed), "-n", std::to_string(candidate + 1)});
   if (s.greedy) {
     again.push_back("--greedy");
   } else {
     again.insert(again.end(), {"--top-k", s.top_k_text, "--top-p", s.top_p_text, "--temperature", s.temperature_text});
   }
   if (s.cfg != 0.0f) again.insert(again.end(), {"--cfg", s.cfg_text});
-  return {
+  std::map<std::string, std::string> text = {
       {"Software", software_string()},
-      {"Description", prompt},
-      {"hwaga.prompt", prompt},
+      {"Description", cond.description()},
       {"hwaga.model", model_path},
       {"hwaga.seed", std::to_string(seed)},
       {"hwaga.candidate", std::to_string(candidate)},
@@ -313,6 +330,9 @@ std::map<std::string, std::string> picture_text(const std::string& prompt, const
       {"hwaga.command", command_line},
       {"hwaga.reproduce", join_command_line(again) + "   (the last picture is this one)"},
   };
+  if (cond.class_id >= 0) text["hwaga.class"] = std::to_string(cond.class_id);
+  else if (!cond.prompt.empty()) text["hwaga.prompt"] = cond.prompt;
+  return text;
 }
 
 // ---- pictures ----

@@ -104,6 +104,9 @@ struct LoadedModel {
   std::unique_ptr<TextToImageModel> model;
 };
 LoadedModel load_text_model(const std::string& path, Backend& backend);
+// The same for any stage-2 model: text-to-image, class-conditional or unconditional (generate
+// --class); a text model without a tokenizer is still refused.
+LoadedModel load_stage2_model(const std::string& path, Backend& backend);
 // "rq-transformer" -> SamplerSemantics.
 SamplerSemantics semantics_of(const TextToImageModel& m);
 
@@ -114,14 +117,25 @@ SamplerSemantics semantics_of(const TextToImageModel& m);
 std::vector<int32_t> prompt_ids(const TextTokenizer& tok, const std::string& prompt, const std::string& what,
                                 const std::string& warn_prefix);
 
+// What a picture is drawn from: a prompt (text models), a class id (class-conditional models) or
+// nothing (unconditional models).
+struct Condition {
+  std::string prompt;  // text models
+  int class_id = -1;   // class-conditional models; -1 otherwise
+  // "a red apple" / "class 207" / "unconditional"
+  std::string description() const;
+  // the generate options that give it again: {"-p", prompt} / {"--class", "207"} / {}
+  std::vector<std::string> args() const;
+};
+
 // ---- provenance ----
 // argv of this process, from /proc/self/cmdline (empty when unavailable).
 std::vector<std::string> process_arguments();
-// The PNG text chunks of one picture: Software, Description (the prompt), hwaga.prompt,
-// hwaga.model, hwaga.seed, hwaga.candidate, hwaga.n, hwaga.top_k, hwaga.top_p,
+// The PNG text chunks of one picture: Software, Description (the prompt, "class N" or
+// "unconditional"), hwaga.prompt (text models) or hwaga.class (class-conditional), hwaga.model, hwaga.seed, hwaga.candidate, hwaga.n, hwaga.top_k, hwaga.top_p,
 // hwaga.temperature, hwaga.cfg, hwaga.greedy, hwaga.version, hwaga.command, hwaga.reproduce
 // (how to make exactly this picture again).
-std::map<std::string, std::string> picture_text(const std::string& prompt, const std::string& model_path,
+std::map<std::string, std::string> picture_text(const Condition& cond, const std::string& model_path,
                                                 const Sampling& s, uint64_t seed, int64_t candidate,
                                                 const std::string& command_line);
 
