@@ -18,7 +18,9 @@
   shapes), --cond text: V_c=100, L_c=8 | class: V_c=10, L_c=1 | none: 1, 1.
   minDALL-E C=64, 2 layers, 2 heads, ctx_len_txt 8, ctx_len_img 16 (4x4), K=64, text vocab 100.
 --size real: the released shapes (RQ text = cc3m 654M, class = imagenet_480M, none = church;
-  minDALL-E 1.3B). Several GB: slow.
+  minDALL-E 1.3B). Several GB: slow. --arch JSON overrides shape fields (e.g. the 3.9B model:
+  '{"embed_dim": 2560, "n_layer_body": 42, "n_layer_head": 6, "n_head": 40}'), --dtype bf16 builds
+  and stores the weights in bf16 (half the memory and disk; the 3.9B model in 7.8 GB).
 
 Weights: PyTorch default init, then LayerNorm weight 1+0.2N / bias 0.2N (a default LN would hide
 a swapped weight/bias), positional tensors N(0, 0.3), input_mlp bias N(0, 0.5) (so that the
@@ -26,6 +28,7 @@ D-fold spatial bias of §2.3 is visible), and the classifier / head_img weights 
 logits have a standard deviation of about 2: O(1), neither flat nor one-hot.
 """
 import argparse
+import json
 import os
 import sys
 import types
@@ -121,6 +124,7 @@ def rq_yaml(cfg, no_arch_vocab):
 
 def make_rq(a):
     cfg = rq_shapes(a.size, a.cond)
+    cfg.update(a.arch)
     codebook = None
     if a.codebook_from:
         sd1 = torch.load(os.path.join(a.codebook_from, "model.pt"), map_location="cpu")["state_dict"]
@@ -133,8 +137,9 @@ def make_rq(a):
         codebook[-1] = 0.0  # the padding row
     with open(os.path.join(a.out, "config.yaml"), "w") as f:
         f.write(rq_yaml(cfg, a.no_arch_vocab))
-    model = rq_transformer_ref.RQTransformerRef(cfg).eval()
+    model = rq_transformer_ref.RQTransformerRef(cfg).eval()  # in torch's default dtype (--dtype)
     randomize(model, gen)
+    codebook_f32, codebook = codebook, codebook.to(torch.get_default_dtype())
     # scale the classifier on the features it sees for random codes
     B = 2
     codes = torch.randint(0, cfg["vocab_size"], (B, *cfg["block_size"]), generator=gen)
@@ -148,7 +153,7 @@ def make_rq(a):
         out = model(codes, cond, codebook)
         logits = out[0] if isinstance(out, tuple) else out
     torch.save({"state_dict": model.state_dict(), "epoch": 99}, os.path.join(a.out, "model.pt"))
-    np.save(os.path.join(a.out, "codebook.npy"), codebook.numpy().astype(np.float32))
+    np.save(os.path.join(a.out, "codebook.npy"), codebook_f32.float().numpy().astype(np.float32))
     print(f"rq stage2: {sum(p.numel() for p in model.parameters())} params, logits std "
           f"{float(logits.std()):.3f}, max prob {float(torch.softmax(logits, -1).max(-1).values.mean()):.3f}")
 
@@ -156,6 +161,7 @@ def make_rq(a):
 def make_mindalle(a):
     import yaml
     cfg = gpt_shapes(a.size)
+    cfg.update(a.arch)
     path = os.path.join(a.out, "config.yaml")
     doc = {}
     if os.path.exists(path):
@@ -219,7 +225,13 @@ def main():
                     help="RQ: leave arch.vocab_size out of config.yaml (K only in dataset.vocab_size)")
     ap.add_argument("--ctx-len-img", type=int, default=0, help="minDALL-E: override ctx_len_img")
     ap.add_argument("--text-vocab", type=int, default=0, help="minDALL-E: override vocab_size_txt")
+    ap.add_argument("--arch", type=json.loads, default={}, help="JSON object of shape fields that override --size's")
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32", help="dtype of the stored weights")
     a = ap.parse_args()
+    if not isinstance(a.arch, dict):
+        ap.error("--arch must be a JSON object")
+    if a.dtype == "bf16":
+        torch.set_default_dtype(torch.bfloat16)
     torch.manual_seed(a.seed)
     os.makedirs(a.out, exist_ok=True)
     if a.kind == "rq":
