@@ -26,7 +26,17 @@ const json& list_field(const json& v, const std::string& where, const char* fiel
   return v;
 }
 
-std::string text_of(float v) {
+template <typename T>
+std::string list_text(const std::vector<T>& v) {
+  if (v.empty()) return "none";
+  std::string out;
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + float_text(float(v[i]));
+  return out;
+}
+
+}  // namespace
+
+std::string float_text(float v) {
   char buf[32];
   for (int prec = 6; prec <= 9; ++prec) {
     std::snprintf(buf, sizeof buf, "%.*g", prec, double(v));
@@ -35,15 +45,8 @@ std::string text_of(float v) {
   return buf;
 }
 
-template <typename T>
-std::string list_text(const std::vector<T>& v) {
-  if (v.empty()) return "none";
-  std::string out;
-  for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + text_of(float(v[i]));
-  return out;
-}
-
-}  // namespace
+std::string values_text(const std::vector<int>& v) { return list_text(v); }
+std::string values_text(const std::vector<float>& v) { return list_text(v); }
 
 SamplingDefaults sampling_defaults_from_json_text(const std::string& text, const std::string& where) {
   json j;
@@ -102,7 +105,7 @@ std::string sampling_defaults_to_json_text(const SamplingDefaults& d) {
   json j = json::object();  // nlohmann orders keys alphabetically: deterministic text
   if (d.top_k) j["top_k"] = *d.top_k;
   // floats as their shortest decimal (0.9, not 0.899999976158142); reading back gives the same f32
-  auto num = [](float v) { return std::strtod(text_of(v).c_str(), nullptr); };
+  auto num = [](float v) { return std::strtod(float_text(v).c_str(), nullptr); };
   if (d.top_p) {
     j["top_p"] = json::array();
     for (float p : *d.top_p) j["top_p"].push_back(num(p));
@@ -117,8 +120,8 @@ std::string describe_sampling_defaults(const SamplingDefaults& d) {
   auto add = [&out](const std::string& s) { out += (out.empty() ? "" : ", ") + s; };
   if (d.top_k) add("top-k " + list_text(*d.top_k));
   if (d.top_p) add("top-p " + list_text(*d.top_p));
-  if (d.temperature) add("temperature " + text_of(*d.temperature));
-  if (d.cfg) add("cfg " + text_of(*d.cfg));
+  if (d.temperature) add("temperature " + float_text(*d.temperature));
+  if (d.cfg) add("cfg " + float_text(*d.cfg));
   return out;
 }
 

@@ -34,6 +34,11 @@ void validate_sampling_defaults(const SamplingDefaults& d, SamplerSemantics s, i
                                 const std::string& where);
 // Compact JSON with the present fields only (deterministic: fixed field order).
 std::string sampling_defaults_to_json_text(const SamplingDefaults& d);
+// The shortest decimal text that reads back as the same float ("0.9", not "0.899999976").
+std::string float_text(float v);
+// Lists as the command line writes them: {64,32,16,8} -> "64,32,16,8", {0.9f} -> "0.9", {} -> "none".
+std::string values_text(const std::vector<int>& v);
+std::string values_text(const std::vector<float>& v);
 // "top-k 64, top-p 0.9, temperature 0.9" (present fields only; "none" for []).
 std::string describe_sampling_defaults(const SamplingDefaults& d);
 

@@ -62,24 +62,6 @@ std::vector<std::string> split_commas(const std::string& s) {
 
 bool is_none(const std::string& s) { return s == "none" || s == "None" || s == "off"; }
 
-// The shortest decimal text that reads back as the same float.
-std::string number_text(float v) {
-  char buf[64];
-  for (int prec = 6; prec <= 9; ++prec) {
-    std::snprintf(buf, sizeof buf, "%.*g", prec, double(v));
-    if (std::strtof(buf, nullptr) == v) break;
-  }
-  return buf;
-}
-
-template <typename T>
-std::string list_text(const std::vector<T>& v) {
-  if (v.empty()) return "none";
-  std::string out;
-  for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + number_text(float(v[i]));
-  return out;
-}
-
 }  // namespace
 
 std::vector<int> parse_top_k(const std::string& s, const char* option) {
@@ -164,10 +146,10 @@ Sampling resolve_sampling(const SamplingArgs& a, const TextToImageModel& model) 
   }
   if (s.cfg != 0.0f && model.stage2_config().text_length() == 0)
     usage_fail("--cfg needs a text model; this one takes no text");
-  s.top_k_text = list_text(s.sampler.top_k);
-  s.top_p_text = list_text(s.sampler.top_p);
-  s.temperature_text = number_text(s.sampler.temperature);
-  s.cfg_text = number_text(s.cfg);
+  s.top_k_text = values_text(s.sampler.top_k);
+  s.top_p_text = values_text(s.sampler.top_p);
+  s.temperature_text = float_text(s.sampler.temperature);
+  s.cfg_text = float_text(s.cfg);
   return s;
 }
 
