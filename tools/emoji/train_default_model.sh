@@ -8,7 +8,9 @@
 # continues where it was; a finished stage is skipped. Stages:
 #   1. data: tools/emoji/prepare_emoji.py -> WORK/data/{train,eval}/emoji-*.tar (needs npm once)
 #   2. image tokenizer: hwaga train-tokenizer, tools/emoji/stage1.json (RQ-VAE 64x64 -> 8x8x4,
-#      K 512, ch 32 x [1,2,4,4]) -> WORK/s1/emoji-stage1.safetensors
+#      K 512, ch 32 x [1,2,4,4]), the first 1900 steps of a 3600-step cosine schedule (the
+#      shipped model stopped there to leave the session's time to stage 2)
+#      -> WORK/s1/emoji-stage1.safetensors
 #   3. transformer: hwaga train, tools/emoji/stage2.json (RQ-Transformer C 256, 6+2 layers,
 #      8 heads; SentencePiece 4000 ids on the English and Korean captions, context 32)
 #   4. export (stage 2 in bf16) -> WORK/default.safetensors; copy it to samples/models/ by hand
@@ -19,8 +21,10 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="${1:-$HOME/.cache/hwaga/emoji-train}"
 HWAGA="${HWAGA:-$ROOT/build/hwaga}"
 THREADS="${THREADS:-0}"
-S1_STEPS=3600
-S2_STEPS=12000
+S1_STEPS=3600      # length of stage 1's learning-rate schedule
+S1_STOP=1900       # where the shipped model's stage 1 stopped (S1_STOP=3600 runs the whole schedule)
+S2_STEPS=8000      # length of stage 2's learning-rate schedule
+S2_STOP=7000       # where the shipped model's stage 2 stopped (learning rate 4e-5 of 5e-4 there)
 mkdir -p "$WORK"
 [ -x "$HWAGA" ] || { echo "no hwaga binary at $HWAGA (build it, or set HWAGA)" >&2; exit 1; }
 
@@ -29,27 +33,45 @@ if [ ! -f "$WORK/data/train.jsonl" ]; then
   /usr/bin/python3 "$ROOT/tools/emoji/prepare_emoji.py" --out "$WORK/data" --hwaga "$HWAGA"
 fi
 
-# 2. the image tokenizer (3600 steps x 16 pictures = 8 epochs)
+# 2. the image tokenizer (1900 steps x 16 pictures = 4.2 epochs); --stop-after counts the steps of
+#    this run, so a resumed run stops at the same step S1_STOP
+ckpt_step() {  # training steps done in the checkpoint $1 (0 when there is none)
+  [ -f "$1" ] || { echo 0; return; }
+  /usr/bin/python3 - "$1" <<'PY'
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    meta = json.loads(f.read(n))["__metadata__"]
+print(json.loads(meta["train"])["step"])
+PY
+}
 if [ ! -f "$WORK/s1/emoji-stage1.safetensors" ]; then
-  if [ -f "$WORK/s1/checkpoint.safetensors" ]; then
-    "$HWAGA" train-tokenizer --work-dir "$WORK/s1" --resume --threads "$THREADS" -o "$WORK/s1/emoji-stage1.safetensors"
+  done_steps=$(ckpt_step "$WORK/s1/checkpoint.safetensors")
+  if [ "$done_steps" -gt 0 ]; then
+    if [ "$done_steps" -lt $S1_STOP ]; then
+      "$HWAGA" train-tokenizer --work-dir "$WORK/s1" --resume --threads "$THREADS" --stop-after $((S1_STOP - done_steps))
+    fi
   else
     mkdir -p "$WORK/s1"
     "$HWAGA" train-tokenizer --shards "$WORK/data/train/" --config "$ROOT/tools/emoji/stage1.json" \
-      --work-dir "$WORK/s1" --steps $S1_STEPS --batch 16 --lr 3e-4 --min-lr 3e-5 --warmup 100 \
-      --save-every 100 --sample-every 200 --eval-shards "$WORK/data/eval/" --eval-count 64 --seed 1 \
-      --threads "$THREADS" -o "$WORK/s1/emoji-stage1.safetensors"
+      --work-dir "$WORK/s1" --steps $S1_STEPS --stop-after $S1_STOP --batch 16 --lr 3e-4 --min-lr 3e-5 \
+      --warmup 100 --save-every 100 --sample-every 200 --eval-shards "$WORK/data/eval/" --eval-count 64 \
+      --seed 1 --threads "$THREADS"
   fi
+  "$HWAGA" train-tokenizer --work-dir "$WORK/s1" --resume --export-only -o "$WORK/s1/emoji-stage1.safetensors"
 fi
 
-# 3. the transformer (12000 steps x 16 samples = 27 epochs, one caption variant per sample and epoch)
+# 3. the transformer (7000 steps x 16 samples = 15.6 epochs, one caption variant per sample and epoch)
 if [ ! -f "$WORK/s2/done" ]; then
-  if [ -f "$WORK/s2/checkpoint.safetensors" ]; then
-    "$HWAGA" train --work-dir "$WORK/s2" --resume --threads "$THREADS"
+  done_steps=$(ckpt_step "$WORK/s2/checkpoint.safetensors")
+  if [ "$done_steps" -gt 0 ]; then
+    if [ "$done_steps" -lt $S2_STOP ]; then
+      "$HWAGA" train --work-dir "$WORK/s2" --resume --threads "$THREADS" --stop-after $((S2_STOP - done_steps))
+    fi
   else
     "$HWAGA" train --tokenizer "$WORK/s1/emoji-stage1.safetensors" --shards "$WORK/data/train/" \
       --config "$ROOT/tools/emoji/stage2.json" --text-tokenizer spm:4000 --work-dir "$WORK/s2" \
-      --steps $S2_STEPS --batch 16 --lr 5e-4 --min-lr 2e-5 --warmup 300 --dropout 0.1 --seed 1 \
+      --steps $S2_STEPS --stop-after $S2_STOP --batch 16 --lr 5e-4 --min-lr 2e-5 --warmup 300 --dropout 0.1 --seed 1 \
       --save-every 200 --sample-every 1000 --sample-prompt "red apple, google style" \
       --sample-prompt "빨간 사과, 구글 스타일" --sample-prompt "grinning face, twitter style" \
       --threads "$THREADS"
