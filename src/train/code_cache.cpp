@@ -2,10 +2,12 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "core/error.h"
 #include "data/shard_dataset.h"
@@ -20,6 +22,7 @@ namespace {
 // the dropout streams (which use the training seed with (step << 16) | site).
 constexpr uint64_t kPermSeedMix = 0x7065726d75746531ull;     // "permute1"
 constexpr uint64_t kCaptionSeedMix = 0x6361707469306e31ull;  // "capti0n1"
+constexpr uint64_t kBalanceSeedMix = 0x62616c616e636531ull;  // "balance1"
 
 uint64_t mix64(uint64_t x) {  // splitmix64 finalizer
   x ^= x >> 30;
@@ -111,6 +114,16 @@ std::vector<std::string> caption_variants(const std::string& caption, const std:
   return out;
 }
 
+std::string sample_group(const std::string& json) {
+  if (json.empty()) return {};
+  nlohmann::json j = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("group")) return {};
+  const nlohmann::json& g = j["group"];
+  if (g.is_string()) return g.get<std::string>();
+  if (g.is_number()) return g.dump();
+  return {};
+}
+
 // ---------------------------------------------------------------- file
 
 void write_code_cache(const std::string& path, const CodeCache& c, const nlohmann::json& source) {
@@ -131,8 +144,17 @@ void write_code_cache(const std::string& path, const CodeCache& c, const nlohman
   }
   first.ptr<int64_t>()[N] = m;
   off.ptr<int64_t>()[M] = o;
-  write_safetensors(path, {{"codes", c.codes}, {"captions.bytes", cb}, {"captions.offsets", off}, {"captions.first", first}},
-                    {{"format", kCodeCacheFormat}, {"version", "1"}, {"source", source.dump()}});
+  HWAGA_CHECK(c.groups.empty() || int64_t(c.groups.size()) == N, "code cache: ", c.groups.size(), " groups for ", N,
+              " samples");
+  Tensor groups = Tensor::empty({N}, DType::I32);
+  for (int64_t n = 0; n < N; ++n) groups.ptr<int32_t>()[n] = c.groups.empty() ? int32_t(n) : c.groups[size_t(n)];
+  write_safetensors(path,
+                    {{"codes", c.codes},
+                     {"captions.bytes", cb},
+                     {"captions.offsets", off},
+                     {"captions.first", first},
+                     {"groups", groups}},
+                    {{"format", kCodeCacheFormat}, {"version", "2"}, {"source", source.dump()}});
 }
 
 CodeCache read_code_cache(const std::string& path, nlohmann::json* source) {
@@ -142,6 +164,10 @@ CodeCache read_code_cache(const std::string& path, nlohmann::json* source) {
     fail(path, " is not a hwaga code cache (metadata format ",
          fmt == f.metadata.end() ? std::string("missing") : "\"" + fmt->second + "\"", ", expected \"",
          kCodeCacheFormat, "\")");
+  auto ver = f.metadata.find("version");
+  if (ver == f.metadata.end() || ver->second != "2")
+    fail(path, ": code cache version ", ver == f.metadata.end() ? std::string("missing") : "\"" + ver->second + "\"",
+         ", this hwaga reads version 2 (hwaga train rebuilds it)");
   if (source) {
     auto s = f.metadata.find("source");
     *source = s == f.metadata.end() ? nlohmann::json() : nlohmann::json::parse(s->second, nullptr, false);
@@ -169,6 +195,13 @@ CodeCache read_code_cache(const std::string& path, nlohmann::json* source) {
     for (int64_t m = fi[n]; m < fi[n + 1]; ++m)
       c.captions[size_t(n)].emplace_back(reinterpret_cast<const char*>(bytes.ptr<uint8_t>()) + o[m], size_t(o[m + 1] - o[m]));
   }
+  const Tensor& groups = get_tensor(f.tensors, "groups", path);
+  HWAGA_CHECK(groups.dtype() == DType::I32 && groups.ndim() == 1 && groups.dim(0) == N, path,
+              ": groups must be int32 [", N, "], found ", dtype_name(groups.dtype()), " ", shape_str(groups.shape()));
+  c.groups.assign(groups.ptr<int32_t>(), groups.ptr<int32_t>() + N);
+  for (int64_t n = 0; n < N; ++n)
+    HWAGA_CHECK(c.groups[size_t(n)] >= 0 && c.groups[size_t(n)] < N, path, ": sample ", n, " has group ",
+                c.groups[size_t(n)], ", expected [0, ", N, ")");
   return c;
 }
 
@@ -209,6 +242,7 @@ CodeCache load_or_build_code_cache(const std::string& path, const CodeCacheOptio
   std::vector<int32_t> codes;
   CodeCache c;
   std::vector<Tensor> pending;
+  std::map<std::string, int32_t> group_ids;  // named groups; unnamed samples get fresh ids
   auto flush = [&] {
     if (pending.empty()) return;
     Tensor x = Tensor::empty({int64_t(pending.size()), 3, S, S});
@@ -225,12 +259,22 @@ CodeCache load_or_build_code_cache(const std::string& path, const CodeCacheOptio
     HWAGA_CHECK(s.image.numel() == 3 * S * S, "code cache: sample ", s.key, " of ", s.shard, " has image ",
                 shape_str(s.image.shape()), ", expected [3,", S, ",", S, "]");
     c.captions.push_back(caption_variants(s.caption, s.json));
+    const std::string g = sample_group(s.json);
+    if (g.empty()) {
+      c.groups.push_back(-1);  // numbered below
+    } else {
+      auto it = group_ids.emplace(g, int32_t(group_ids.size())).first;
+      c.groups.push_back(it->second);
+    }
     pending.push_back(std::move(s.image));
     if (int(pending.size()) >= opt.encode_batch) flush();
   });
   flush();
   const int64_t N = int64_t(c.captions.size());
   if (N == 0) fail("no usable sample in the shards (", st.summary(), ")");
+  int32_t next_group = int32_t(group_ids.size());
+  for (int32_t& g : c.groups)
+    if (g < 0) g = next_group++;
   c.codes = Tensor::empty({N, cs[0], cs[1], cs[2]}, DType::I32);
   std::memcpy(c.codes.data(), codes.data(), size_t(N * per) * sizeof(int32_t));
   log("encoded " + std::to_string(N) + " samples (" + st.summary() + ")");
@@ -240,21 +284,48 @@ CodeCache load_or_build_code_cache(const std::string& path, const CodeCacheOptio
 
 // ---------------------------------------------------------------- batches
 
-CodeBatcher::CodeBatcher(const CodeCache& cache, const TextTokenizer& tok, uint64_t seed)
-    : cache_(cache), tok_(tok), seed_(seed) {
+CodeBatcher::CodeBatcher(const CodeCache& cache, const TextTokenizer& tok, uint64_t seed, bool balance)
+    : cache_(cache), tok_(tok), seed_(seed), balance_(balance) {
   HWAGA_CHECK(cache.size() > 0, "CodeBatcher: the code cache is empty");
+  if (!balance) return;
+  const int64_t N = cache.size();
+  HWAGA_CHECK(cache.groups.empty() || int64_t(cache.groups.size()) == N, "CodeBatcher: ", cache.groups.size(),
+              " groups for ", N, " samples");
+  for (int64_t n = 0; n < N; ++n) {
+    const int32_t g = cache.groups.empty() ? int32_t(n) : cache.groups[size_t(n)];
+    HWAGA_CHECK(g >= 0 && g < N, "CodeBatcher: sample ", n, " has group ", g, ", expected [0, ", N, ")");
+    if (size_t(g) >= members_.size()) members_.resize(size_t(g) + 1);
+    members_[size_t(g)].push_back(n);
+  }
+  members_.erase(std::remove_if(members_.begin(), members_.end(), [](auto& m) { return m.empty(); }), members_.end());
 }
 
 const std::vector<int64_t>& CodeBatcher::permutation(int64_t epoch) {
   if (epoch == perm_epoch_) return perm_;
   const int64_t N = cache_.size();
+  // uniform in [0, n) from one 64-bit word (128-bit multiply, no modulo bias)
+  auto below = [](Rng& rng, uint64_t n) { return int64_t((unsigned __int128)rng.next_u64() * n >> 64); };
+  if (balance_) {
+    perm_.clear();
+    perm_.reserve(size_t(N));
+    const int64_t G = int64_t(members_.size());
+    std::vector<int64_t> order(static_cast<size_t>(G));
+    for (uint64_t round = 0; int64_t(perm_.size()) < N; ++round) {
+      Rng rng(seed_ ^ kBalanceSeedMix, (uint64_t(epoch) << 24) | round);
+      for (int64_t i = 0; i < G; ++i) order[size_t(i)] = i;
+      for (int64_t i = G - 1; i > 0; --i) std::swap(order[size_t(i)], order[size_t(below(rng, uint64_t(i + 1)))]);
+      for (int64_t i = 0; i < G && int64_t(perm_.size()) < N; ++i) {
+        const std::vector<int64_t>& m = members_[size_t(order[size_t(i)])];
+        perm_.push_back(m.size() == 1 ? m[0] : m[size_t(below(rng, m.size()))]);
+      }
+    }
+    perm_epoch_ = epoch;
+    return perm_;
+  }
   perm_.resize(size_t(N));
   for (int64_t i = 0; i < N; ++i) perm_[size_t(i)] = i;
   Rng rng(seed_ ^ kPermSeedMix, uint64_t(epoch));
-  for (int64_t i = N - 1; i > 0; --i) {  // Fisher-Yates, j uniform in [0, i] (128-bit multiply, no modulo bias)
-    const int64_t j = int64_t((unsigned __int128)rng.next_u64() * uint64_t(i + 1) >> 64);
-    std::swap(perm_[size_t(i)], perm_[size_t(j)]);
-  }
+  for (int64_t i = N - 1; i > 0; --i) std::swap(perm_[size_t(i)], perm_[size_t(below(rng, uint64_t(i + 1)))]);
   perm_epoch_ = epoch;
   return perm_;
 }

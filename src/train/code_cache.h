@@ -6,19 +6,28 @@
 //            "captions.bytes"   u8    [M_bytes]  every caption variant, UTF-8, concatenated
 //            "captions.offsets" i64   [M+1]      caption m = bytes[offsets[m], offsets[m+1])
 //            "captions.first"   i64   [N+1]      sample n's variants are captions first[n]..first[n+1]-1
-//   metadata "format" = "hwaga-codes", "version" = "1",
+//            "groups"           i32   [N]        sample n's group (see below), numbered from 0
+//   metadata "format" = "hwaga-codes", "version" = "2",
 //            "source" = JSON {"shards": [{"path", "size"}...], "stage1": {"path", "size", "hash"}}
 // It is reused when "source" equals what the current run would write (same shard files in the
 // same order with the same sizes, the same stage-1 file by size and content hash), else rebuilt.
 //
 // Caption variants of a sample: its .txt, then each string of the json's "captions" array that
 // differs from the ones before (the emoji data lists English and Korean captions there).
+// Group of a sample: the json's "group" value (a string or number; the emoji data names the base
+// emoji and style there, so that the skin-tone variants of one emoji form one group); samples
+// without one are each a group of their own. Groups matter only to balanced batches.
+// A version-1 cache (no groups) is rebuilt.
 //
 // Batches (CodeBatcher): the sample at global position g = step*B + i is perm_e[g mod N] with
 // e = g div N and perm_e a Fisher-Yates permutation from the Philox stream (seed, e); its caption
 // is variant Philox(seed', e*2^32 + n) mod n_variants of that sample, tokenized (truncated and
 // padded to the context). Everything depends on (seed, step) only: the data state of a
 // checkpoint is its step.
+// Balanced batches (hwaga train --balance): every group is equally likely instead of every
+// sample. Epoch e is still N draws: rounds of a Fisher-Yates permutation of the groups (Philox
+// stream (seed'', e*2^24 + round)), each group contributing one member drawn uniformly from
+// the same stream, until N positions are filled.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -39,6 +48,7 @@ inline constexpr const char* kCodeCacheFormat = "hwaga-codes";
 struct CodeCache {
   Tensor codes;  // int32 [N,h,w,D]
   std::vector<std::vector<std::string>> captions;  // per sample, at least one
+  std::vector<int32_t> groups;  // per sample, in [0, number of groups); empty = a group per sample
   int64_t size() const { return codes.defined() ? codes.dim(0) : 0; }
   int64_t num_captions() const;
 };
@@ -57,6 +67,8 @@ FileFingerprint fingerprint_from_json(const nlohmann::json& j, const std::string
 
 // The caption variants of one sample (see above). Malformed json is ignored (the .txt stays).
 std::vector<std::string> caption_variants(const std::string& caption, const std::string& json);
+// The json's "group" as text ("" when there is none or the json is malformed).
+std::string sample_group(const std::string& json);
 
 struct CodeCacheOptions {
   std::vector<std::string> shards;  // expanded shard files, in order
@@ -78,7 +90,8 @@ void write_code_cache(const std::string& path, const CodeCache& c, const nlohman
 // Seeded batches over a cache (see the header comment).
 class CodeBatcher {
  public:
-  CodeBatcher(const CodeCache& cache, const TextTokenizer& tok, uint64_t seed);
+  // balance: draw every group equally often (see the header comment) instead of every sample.
+  CodeBatcher(const CodeCache& cache, const TextTokenizer& tok, uint64_t seed, bool balance = false);
   // The batch of training step `step` (B samples: positions step*B .. step*B+B-1).
   RqBatch batch(int64_t step, int B);
   // Epoch and position in it of global position g.
@@ -93,6 +106,8 @@ class CodeBatcher {
   const CodeCache& cache_;
   const TextTokenizer& tok_;
   uint64_t seed_;
+  bool balance_;
+  std::vector<std::vector<int64_t>> members_;  // balance: the samples of each group, ascending
   int64_t perm_epoch_ = -1;
   std::vector<int64_t> perm_;
 };

@@ -211,7 +211,13 @@ class EmojiPrepareTest(unittest.TestCase):
             "father christmas: light skin tone, google style", "Santa Claus: light skin tone, google style",
             "산타클로스: 하얀 피부, 구글 스타일"])
         self.assertIn("santa: light skin tone, google style", light["json"]["captions"])
+        # One sampling group per base emoji and style, shared by the skin tones (hwaga train --balance).
+        self.assertEqual(light["json"]["group"], "google/1F385")
+        self.assertEqual(recs["google/1F385"]["json"]["group"], "google/1F385")
+        self.assertEqual(recs["twitter/1F385"]["json"]["group"], "twitter/1F385")
+        self.assertEqual(apple["json"]["group"], "google/1F34E")
         dark = recs["google/1F385-1F3FF"]
+        self.assertEqual(dark["json"]["group"], "google/1F385")
         self.assertEqual(dark["json"]["name_ko"], "산타클로스: 검은색 피부")
         self.assertEqual(dark["json"]["captions"][:3], [
             "father christmas: dark skin tone, google style", "Santa Claus: dark skin tone, google style",

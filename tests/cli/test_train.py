@@ -196,6 +196,26 @@ class TrainCli(unittest.TestCase):
         self.assertIn("step %d/100000" % (step + 2), p.stdout)
         self.assertEqual([r["step"] for r in losses(w)], list(range(1, step + 3)))
 
+    def test_balance_draws_groups_equally_and_is_kept_on_resume(self):
+        grouped = os.path.join(self.tmp, "shards-grouped")
+        fx.make_shards(grouped, groups=True)
+        w = self.work("balance")
+        args = ["train", "--tokenizer", self.s1, "--shards", grouped, "--config", self.cfg, "--text-tokenizer", self.bpe,
+                "--work-dir", w, "--batch", "4", "--threads", "2", "--steps", "4", "--balance"]
+        p = hwaga(*(args + ["--stop-after", "2"]), check=True)
+        self.assertIn("balanced batches: 2 groups of 8 samples drawn equally often", p.stderr)
+        _, meta = fx.read_safetensors(os.path.join(w, "checkpoint.safetensors"))
+        self.assertTrue(json.loads(meta["train"])["options"]["balance"])
+        p = hwaga("train", "--work-dir", w, "--resume", "--threads", "2", check=True)
+        self.assertIn("balanced batches", p.stderr)  # kept from the checkpoint
+        self.assertIn("step 4/4", p.stdout)
+        # a plain run cannot be switched to balanced batches on resume
+        plain = self.work("balance-plain")
+        hwaga(*self.base(plain, "--steps", "4", "--stop-after", "1"), check=True)
+        p = hwaga("train", "--work-dir", plain, "--resume", "--balance")
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("--balance: the checkpoint's run draws every sample equally often", p.stderr)
+
     def test_spm_tokenizer_keeps_hangul_and_cache_rebuilds(self):
         w = self.work("spm")
         cfg = fx.write_config(os.path.join(self.tmp, "cfg-spm.json"), vocab_size_cond=30)

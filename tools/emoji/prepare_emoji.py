@@ -9,7 +9,8 @@ Data (see ../shared/data/README.md, "Text-image pairs: emoji"):
 Steps:
   1. install the two npm packages into --work (and check that unicode-cldr-core is installed);
   2. one record per picture (every emoji, every skin variation, both styles) with a primary English
-     caption ("red apple, google style") and a list of English and Korean caption variants;
+     caption ("red apple, google style") and a list of English and Korean caption variants, and
+     a sampling group ("google/1F34E": the base emoji and style, shared by its skin tones);
   3. a fixed evaluation split by base emoji (all styles and skin tones of a held-out emoji are out
      of training), chosen from a hash of --seed and the base code points;
   4. writes OUT/train.jsonl, OUT/eval.jsonl, OUT/captions_summary.txt, then packs shards with
@@ -243,6 +244,9 @@ def build_records(datasource_dir, cldr_en, cldr_ko):
                     continue
                 rec = make_record(style, e, unified, tones, image, base_en, base_ko, cldr_en, cldr_ko)
                 rec["_base"] = base
+                # one sampling group per base emoji and style: `hwaga train --balance` draws the
+                # 1,911 emoji equally often instead of spending half the steps on skin tones
+                rec["json"]["group"] = "%s/%s" % (style, base)
                 records.append(rec)
                 stats["pictures_" + style] += 1
                 if tones:

@@ -29,12 +29,17 @@
 // the optimizer options may be given again to change them). A resumed run is bit for bit the
 // run that was never stopped.
 //
+// --balance draws every json "group" of the shards equally often instead of every sample (a set
+// where most samples are variants of a few, like the emoji's skin tones, otherwise spends most
+// steps on those few); the data order of a run is fixed at its start.
+//
 // --init MODEL fine-tunes a text-to-image model file: its stage-2 weights, config and text
 // tokenizer start the run (in f32, whatever the file's dtype), and its stage 1 encodes the
 // shards unless --tokenizer names another stage-1 file with the same codebook shape.
 //
 // Exit codes: 0 done, 1 error (files, data, a config that does not pair with the stage-1 model
 // or the tokenizer), 2 bad option value, 128+signal when interrupted (after saving).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -82,6 +87,7 @@ struct TrainCliOptions {
   uint64_t seed = 0;
   std::vector<std::string> sample_prompts;
   bool resume = false;
+  bool balance = false;  // draw every json "group" equally often (train/code_cache.h)
   std::string dump_step;  // hidden: the first step's batch, losses and gradients (parity tests)
   CLI::App* app = nullptr;
   bool given(const char* name) const { return app && app->count(name) > 0; }
@@ -310,8 +316,12 @@ int run_train(TrainCliOptions opt) {
         usage_fail(flag, " differs from the checkpoint's (", o[key].dump(),
                    "); a resumed run keeps it (start a new --work-dir to change it)");
     }
+    if (opt.given("--balance") && !o.value("balance", false))
+      usage_fail("--balance: the checkpoint's run draws every sample equally often; a resumed run keeps its data "
+                 "order (start a new --work-dir, or --init from an export, to balance)");
     opt.batch = o.value("batch", opt.batch);
     opt.seed = o.value("seed", opt.seed);
+    opt.balance = o.value("balance", false);
   } else {
     if (opt.shards.empty()) usage_fail("--shards is required (or --resume)");
     if (!opt.init.empty()) {
@@ -486,7 +496,13 @@ int run_train(TrainCliOptions opt) {
   sched.min_lr = float(opt.min_lr);
   sched.warmup = opt.warmup;
   sched.total = opt.steps;
-  CodeBatcher batcher(cache, *tok, opt.seed);
+  CodeBatcher batcher(cache, *tok, opt.seed, opt.balance);
+  if (opt.balance) {
+    int64_t groups = 0;
+    for (size_t n = 0; n < cache.groups.size(); ++n) groups = std::max<int64_t>(groups, cache.groups[n] + 1);
+    say("balanced batches: " + std::to_string(groups) + " groups of " + std::to_string(cache.size()) +
+        " samples drawn equally often");
+  }
   const int64_t end = opt.stop_after > 0 ? std::min(opt.steps, start + opt.stop_after) : opt.steps;
 
   nlohmann::json options = {{"steps", opt.steps},       {"batch", opt.batch},
@@ -496,7 +512,8 @@ int run_train(TrainCliOptions opt) {
                             {"seed", opt.seed},         {"save_every", opt.save_every},
                             {"sample_every", opt.sample_every}, {"sample_prompts", opt.sample_prompts},
                             {"betas", {beta1, beta2}},  {"image_weight", image_weight},
-                            {"text_weight", text_weight}, {"init", opt.init}};
+                            {"text_weight", text_weight}, {"init", opt.init},
+                            {"balance", opt.balance}};
   auto save = [&](int64_t step) {
     const int64_t g = step * opt.batch;
     nlohmann::json meta = {
@@ -611,6 +628,9 @@ Command reg("train", "Train the text-to-image transformer (stage 2) on tar shard
   sub.add_option("--sample-every", opt->sample_every, "write sample pictures every N steps (0 = never)");
   sub.add_option("--sample-prompt", opt->sample_prompts, "a prompt for the sample pictures (repeatable)");
   sub.add_flag("--resume", opt->resume, "continue WORK/checkpoint.safetensors");
+  sub.add_flag("--balance", opt->balance,
+               "draw the shards' json \"group\" values equally often, not the samples (e.g. an emoji with its "
+               "skin-tone variants as one group); samples without a group are their own");
   sub.add_option("--init", opt->init,
                  "fine-tune: start from a model file's stage 2 weights, config and text tokenizer (its stage 1 "
                  "encodes the data unless --tokenizer is given)");

@@ -61,8 +61,9 @@ def items():
     return [(c, s) for c in COLORS for s in SHAPES]
 
 
-def make_shards(folder, n_shards=2):
-    """n_shards tars holding the 8 (colour, shape) pictures, round-robin. Returns the paths."""
+def make_shards(folder, n_shards=2, groups=False):
+    """n_shards tars holding the 8 (colour, shape) pictures, round-robin. Returns the paths.
+    groups: the json names a sampling group per shape ("circle" / "square")."""
     os.makedirs(folder, exist_ok=True)
     paths = []
     for k in range(n_shards):
@@ -73,8 +74,9 @@ def make_shards(folder, n_shards=2):
                     continue
                 key = "emoji/%03d" % i
                 caps = ["%s %s" % (c, s), "a %s %s" % (c, s), "%s %s" % (KOREAN[c], SHAPES[s])]
+                meta = {"captions": caps, "group": s} if groups else {"captions": caps}
                 for name, data in [(key + ".png", png_bytes(picture(c, s))), (key + ".txt", caps[0].encode()),
-                                   (key + ".json", json.dumps({"captions": caps}, ensure_ascii=False).encode())]:
+                                   (key + ".json", json.dumps(meta, ensure_ascii=False).encode())]:
                     ti = tarfile.TarInfo(name)
                     ti.size = len(data)
                     ti.mtime = 0

@@ -1,0 +1,136 @@
+// The stage-2 code cache and its batches (src/train/code_cache): sampling groups read from the
+// json, the file round trip with groups, old (version-1) caches refused by name, and the data
+// order: plain epochs are permutations, balanced epochs draw every group equally often, and both
+// depend on (seed, position) only.
+#include <map>
+#include <set>
+
+#include "io/safetensors.h"
+#include "test_util.h"
+#include "text/text_tokenizer.h"
+#include "train/code_cache.h"
+
+using namespace hwaga;
+using namespace hwaga::train;
+using hwaga::test::TempDir;
+
+namespace {
+
+// A tokenizer that never runs: these tests draw sample positions, not text.
+struct NoTokenizer final : TextTokenizer {
+  NoTokenizer() { context_length = 1; }
+  std::vector<int32_t> encode_unpadded(std::string_view) const override { return {}; }
+  std::string decode(std::span<const int32_t>, bool) const override { return {}; }
+  std::string id_to_token(int32_t) const override { return {}; }
+  std::string to_json() const override { return "{}"; }
+  std::string type() const override { return "none"; }
+};
+
+// N samples of 1x1x1 codes (code n = n), one caption each; groups as given.
+CodeCache make_cache(int64_t N, std::vector<int32_t> groups) {
+  CodeCache c;
+  c.codes = Tensor::empty({N, 1, 1, 1}, DType::I32);
+  for (int64_t n = 0; n < N; ++n) {
+    c.codes.ptr<int32_t>()[n] = int32_t(n);
+    c.captions.push_back({"caption " + std::to_string(n)});
+  }
+  c.groups = std::move(groups);
+  return c;
+}
+
+// Runs f, which must throw hwaga::Error with `part` in its message.
+template <class F>
+void expect_error(F&& f, const std::string& part) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one with: " << part;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+
+TEST(CodeCache, SampleGroupFromJson) {
+  EXPECT_EQ(sample_group(R"({"group": "google/1F34E", "captions": []})"), "google/1F34E");
+  EXPECT_EQ(sample_group(R"({"group": 17})"), "17");
+  EXPECT_EQ(sample_group(R"({"captions": ["a"]})"), "");
+  EXPECT_EQ(sample_group(R"({"group": ["a"]})"), "");
+  EXPECT_EQ(sample_group("{oops"), "");
+  EXPECT_EQ(sample_group(""), "");
+}
+
+TEST(CodeCache, FileRoundTripKeepsGroupsAndRefusesVersionOne) {
+  TempDir tmp;
+  const CodeCache c = make_cache(5, {0, 1, 0, 2, 1});
+  const nlohmann::json source = {{"shards", nlohmann::json::array()}};
+  write_code_cache(tmp.p("codes.safetensors"), c, source);
+  nlohmann::json back_source;
+  const CodeCache r = read_code_cache(tmp.p("codes.safetensors"), &back_source);
+  EXPECT_EQ(r.groups, c.groups);
+  EXPECT_EQ(r.captions, c.captions);
+  EXPECT_EQ(back_source, source);
+
+  // No groups in memory: every sample is its own group on disk.
+  write_code_cache(tmp.p("plain.safetensors"), make_cache(3, {}), source);
+  EXPECT_EQ(read_code_cache(tmp.p("plain.safetensors")).groups, (std::vector<int32_t>{0, 1, 2}));
+
+  // A version-1 cache (written before groups) and a group out of range are refused, naming the file.
+  SafetensorsFile f = read_safetensors(tmp.p("codes.safetensors"));
+  TensorMap tensors;
+  for (auto& [k, t] : f.tensors) tensors[k] = t.clone();
+  std::map<std::string, std::string> meta = f.metadata;
+  meta["version"] = "1";
+  write_safetensors(tmp.p("v1.safetensors"), tensors, meta);
+  expect_error([&] { read_code_cache(tmp.p("v1.safetensors")); }, "v1.safetensors: code cache version \"1\"");
+  meta["version"] = "2";
+  Tensor bad = Tensor::empty({5}, DType::I32);
+  for (int i = 0; i < 5; ++i) bad.ptr<int32_t>()[i] = i == 3 ? 9 : 0;
+  tensors["groups"] = bad;
+  write_safetensors(tmp.p("bad.safetensors"), tensors, meta);
+  expect_error([&] { read_code_cache(tmp.p("bad.safetensors")); }, "sample 3 has group 9");
+}
+
+TEST(CodeBatcher, PlainEpochsArePermutations) {
+  const NoTokenizer tok;
+  const CodeCache c = make_cache(10, {0, 0, 0, 0, 0, 0, 0, 0, 0, 1});
+  CodeBatcher b(c, tok, 5);
+  for (int64_t e = 0; e < 3; ++e) {
+    std::set<int64_t> seen;
+    for (int64_t i = 0; i < 10; ++i) seen.insert(b.sample_at(e * 10 + i));
+    EXPECT_EQ(seen.size(), 10u) << "epoch " << e;
+  }
+}
+
+TEST(CodeBatcher, BalancedEpochsDrawEveryGroupEquallyOften) {
+  const NoTokenizer tok;
+  // group 0: nine samples (one emoji in nine skin tones), groups 1..3: one sample each
+  const CodeCache c = make_cache(12, {0, 1, 0, 0, 2, 0, 0, 3, 0, 0, 0, 0});
+  CodeBatcher b(c, tok, 5, /*balance=*/true), again(c, tok, 5, true), other(c, tok, 6, true);
+  std::map<int64_t, int> member_draws;
+  bool differs = false;
+  for (int64_t e = 0; e < 40; ++e) {
+    std::map<int32_t, int> per_group;
+    for (int64_t i = 0; i < 12; ++i) {
+      const int64_t g = e * 12 + i, n = b.sample_at(g);
+      ASSERT_GE(n, 0);
+      ASSERT_LT(n, 12);
+      ++per_group[c.groups[size_t(n)]];
+      ++member_draws[n];
+      EXPECT_EQ(again.sample_at(g), n) << "not a function of (seed, position)";
+      differs |= other.sample_at(g) != n;
+    }
+    // 12 draws over 4 groups: three rounds, each group once per round
+    for (int32_t grp = 0; grp < 4; ++grp) EXPECT_EQ(per_group[grp], 3) << "epoch " << e << " group " << grp;
+  }
+  EXPECT_TRUE(differs) << "another seed gave the same order";
+  // every member of the big group is drawn (120 draws of 9 members), each far less than the singletons
+  for (int64_t n = 0; n < 12; ++n) {
+    EXPECT_GT(member_draws[n], 0) << "sample " << n;
+    if (c.groups[size_t(n)] == 0) EXPECT_LT(member_draws[n], 40) << "sample " << n;
+    else EXPECT_EQ(member_draws[n], 120) << "sample " << n;
+  }
+  // The batch of a step reads the drawn samples' codes.
+  const RqBatch batch = CodeBatcher(c, tok, 5, true).batch(3, 4);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(batch.codes.ptr<int32_t>()[i], int32_t(b.sample_at(12 + i)));
+}
