@@ -23,6 +23,7 @@ namespace {
 constexpr uint64_t kPermSeedMix = 0x7065726d75746531ull;     // "permute1"
 constexpr uint64_t kCaptionSeedMix = 0x6361707469306e31ull;  // "capti0n1"
 constexpr uint64_t kBalanceSeedMix = 0x62616c616e636531ull;  // "balance1"
+constexpr uint64_t kUncondSeedMix = 0x756e636f6e643031ull;   // "uncond01"
 
 uint64_t mix64(uint64_t x) {  // splitmix64 finalizer
   x ^= x >> 30;
@@ -332,6 +333,17 @@ const std::vector<int64_t>& CodeBatcher::permutation(int64_t epoch) {
 
 int64_t CodeBatcher::sample_at(int64_t g) { return permutation(epoch_of(g))[size_t(position_of(g))]; }
 
+void CodeBatcher::set_uncond_prob(double p) {
+  HWAGA_CHECK(p >= 0 && p < 1, "CodeBatcher: the unconditional share must be in [0, 1), got ", p);
+  uncond_prob_ = p;
+}
+
+bool CodeBatcher::unconditional(int64_t g) const {
+  if (uncond_prob_ <= 0) return false;
+  Rng rng(seed_ ^ kUncondSeedMix, uint64_t(g));
+  return double(rng.next_u64() >> 11) * 0x1.0p-53 < uncond_prob_;  // uniform in [0, 1), 53 bits
+}
+
 int CodeBatcher::caption_variant(int64_t epoch, int64_t sample) const {
   const size_t n = cache_.captions[size_t(sample)].size();
   if (n <= 1) return 0;
@@ -348,9 +360,14 @@ RqBatch CodeBatcher::batch(int64_t step, int B) {
   for (int i = 0; i < B; ++i) {
     const int64_t g = step * B + i, n = sample_at(g);
     std::memcpy(b.codes.ptr<int32_t>() + i * per, codes.ptr<int32_t>() + n * per, size_t(per) * sizeof(int32_t));
+    int32_t* row = b.text.ptr<int32_t>() + i * L;
+    if (unconditional(g)) {
+      std::fill(row, row + L, tok_.pad_id);
+      continue;
+    }
     const std::string& cap = cache_.captions[size_t(n)][size_t(caption_variant(epoch_of(g), n))];
     std::vector<int32_t> ids = tok_.encode(cap);
-    std::memcpy(b.text.ptr<int32_t>() + i * L, ids.data(), size_t(L) * sizeof(int32_t));
+    std::memcpy(row, ids.data(), size_t(L) * sizeof(int32_t));
   }
   return b;
 }

@@ -28,6 +28,10 @@
 // sample. Epoch e is still N draws: rounds of a Fisher-Yates permutation of the groups (Philox
 // stream (seed'', e*2^24 + round)), each group contributing one member drawn uniformly from
 // the same stream, until N positions are filled.
+// Unconditional rows (hwaga train --cfg-drop P): the row at global position g gets the all-PAD
+// text, the prompt classifier-free guidance conditions on for "no text", when a uniform draw
+// from Philox stream (seed''', g) is below P; its image targets are kept, so the model learns the
+// unconditional picture distribution next to the conditional one.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -92,6 +96,10 @@ class CodeBatcher {
  public:
   // balance: draw every group equally often (see the header comment) instead of every sample.
   CodeBatcher(const CodeCache& cache, const TextTokenizer& tok, uint64_t seed, bool balance = false);
+  // Share of rows given the unconditional all-PAD text (see the header comment), in [0, 1).
+  void set_uncond_prob(double p);
+  // Whether the row at global position g is unconditional.
+  bool unconditional(int64_t g) const;
   // The batch of training step `step` (B samples: positions step*B .. step*B+B-1).
   RqBatch batch(int64_t step, int B);
   // Epoch and position in it of global position g.
@@ -107,6 +115,7 @@ class CodeBatcher {
   const TextTokenizer& tok_;
   uint64_t seed_;
   bool balance_;
+  double uncond_prob_ = 0;
   std::vector<std::vector<int64_t>> members_;  // balance: the samples of each group, ascending
   int64_t perm_epoch_ = -1;
   std::vector<int64_t> perm_;

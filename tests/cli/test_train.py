@@ -216,6 +216,20 @@ class TrainCli(unittest.TestCase):
         self.assertEqual(p.returncode, 2, p.stderr)
         self.assertIn("--balance: the checkpoint's run draws every sample equally often", p.stderr)
 
+    def test_cfg_drop_is_recorded_and_kept_on_resume(self):
+        w = self.work("cfg-drop")
+        p = hwaga(*self.base(w, "--steps", "4", "--stop-after", "2", "--cfg-drop", "0.5"), check=True)
+        self.assertIn("50% of the rows see the unconditional (all-PAD) text", p.stderr)
+        _, meta = fx.read_safetensors(os.path.join(w, "checkpoint.safetensors"))
+        self.assertEqual(json.loads(meta["train"])["options"]["cfg_drop"], 0.5)
+        p = hwaga("train", "--work-dir", w, "--resume", "--threads", "2", check=True)
+        self.assertIn("50% of the rows", p.stderr)  # kept from the checkpoint
+        self.assertIn("step 4/4", p.stdout)
+        # the unconditional rows change the loss: the same run without them differs at step 1..4
+        plain = self.work("cfg-drop-plain")
+        hwaga(*self.base(plain, "--steps", "4"), check=True)
+        self.assertNotEqual([r["loss"] for r in losses(w)], [r["loss"] for r in losses(plain)])
+
     def test_spm_tokenizer_keeps_hangul_and_cache_rebuilds(self):
         w = self.work("spm")
         cfg = fx.write_config(os.path.join(self.tmp, "cfg-spm.json"), vocab_size_cond=30)
@@ -241,6 +255,8 @@ class TrainCli(unittest.TestCase):
             (self.base(w, "--steps", "0"), 2, "--steps must be at least 1"),
             (self.base(w, "--steps", "1", tok="gpt2:x"), 2, "expected bpe16k:VOCAB.json,MERGES.txt or spm:VOCAB_SIZE"),
             (self.base(w, "--steps", "1", "--dropout", "1"), 2, "--dropout must be in [0, 1)"),
+            (self.base(w, "--steps", "1", "--cfg-drop", "1"), 2, "--cfg-drop must be in [0, 1)"),
+            (self.base(w, "--steps", "1", "--cfg-drop", "-0.1"), 2, "--cfg-drop must be in [0, 1)"),
             (["train", "--work-dir", self.work("none"), "--resume"], 1, "there is no checkpoint"),
             ([a if a != self.shards else os.path.join(self.tmp, "missing-{0..3}.tar") for a in self.base(w, "--steps", "1")],
              1, "missing-0.tar"),

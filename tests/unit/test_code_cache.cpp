@@ -1,7 +1,7 @@
 // The stage-2 code cache and its batches (src/train/code_cache): sampling groups read from the
 // json, the file round trip with groups, old (version-1) caches refused by name, and the data
 // order: plain epochs are permutations, balanced epochs draw every group equally often, and both
-// depend on (seed, position) only.
+// depend on (seed, position) only; --cfg-drop rows get the all-PAD text, also by (seed, position).
 #include <map>
 #include <set>
 
@@ -133,4 +133,51 @@ TEST(CodeBatcher, BalancedEpochsDrawEveryGroupEquallyOften) {
   // The batch of a step reads the drawn samples' codes.
   const RqBatch batch = CodeBatcher(c, tok, 5, true).batch(3, 4);
   for (int i = 0; i < 4; ++i) EXPECT_EQ(batch.codes.ptr<int32_t>()[i], int32_t(b.sample_at(12 + i)));
+}
+
+// A tokenizer whose every caption is the ids {7, 8}, padded with 0 to three ids.
+struct TwoIdTokenizer final : TextTokenizer {
+  TwoIdTokenizer() { context_length = 3; pad_id = 0; }
+  std::vector<int32_t> encode_unpadded(std::string_view) const override { return {7, 8}; }
+  std::string decode(std::span<const int32_t>, bool) const override { return {}; }
+  std::string id_to_token(int32_t) const override { return {}; }
+  std::string to_json() const override { return "{}"; }
+  std::string type() const override { return "two-id"; }
+};
+
+TEST(CodeBatcher, CfgDropGivesAShareOfRowsTheAllPadText) {
+  const TwoIdTokenizer tok;
+  const CodeCache c = make_cache(50, {});
+  CodeBatcher off(c, tok, 3), drop(c, tok, 3), again(c, tok, 3), other(c, tok, 4);
+  drop.set_uncond_prob(0.25);
+  again.set_uncond_prob(0.25);
+  other.set_uncond_prob(0.25);
+  const int B = 8, steps = 500;
+  int64_t uncond = 0;
+  bool differs = false;
+  for (int64_t s = 0; s < steps; ++s) {
+    const RqBatch a = drop.batch(s, B), plain = off.batch(s, B);
+    for (int i = 0; i < B; ++i) {
+      const int64_t g = s * B + i;
+      const int32_t* t = a.text.ptr<int32_t>() + i * 3;
+      const int32_t* p = plain.text.ptr<int32_t>() + i * 3;
+      ASSERT_EQ(p[0], 7);  // --cfg-drop 0: every row keeps its caption
+      ASSERT_EQ(p[2], 0);
+      // the image targets never change; the text is the caption or all PAD, as unconditional() says
+      ASSERT_EQ(a.codes.ptr<int32_t>()[i], plain.codes.ptr<int32_t>()[i]);
+      const bool u = drop.unconditional(g);
+      EXPECT_EQ(t[0], u ? 0 : 7) << "position " << g;
+      EXPECT_EQ(t[1], u ? 0 : 8) << "position " << g;
+      EXPECT_EQ(t[2], 0);
+      EXPECT_EQ(again.unconditional(g), u) << "not a function of (seed, position)";
+      differs |= other.unconditional(g) != u;
+      uncond += u;
+    }
+  }
+  EXPECT_TRUE(differs) << "another seed dropped the same rows";
+  // 4000 draws at p = 0.25: mean 1000, standard deviation 27; +-5 sigma
+  EXPECT_GT(uncond, 1000 - 137);
+  EXPECT_LT(uncond, 1000 + 137);
+  expect_error([&] { off.set_uncond_prob(1.0); }, "[0, 1)");
+  expect_error([&] { off.set_uncond_prob(-0.1); }, "[0, 1)");
 }

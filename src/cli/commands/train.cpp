@@ -2,7 +2,7 @@
 //             --text-tokenizer bpe16k:VOCAB.json,MERGES.txt | spm:VOCAB_SIZE [--context N]
 //             --work-dir DIR --steps N [--batch B] [--lr 5e-4] [--warmup 0] [--min-lr 0]
 //             [--weight-decay 1e-4] [--dropout 0.1] [--clip 1.0] [--seed S]
-//             [--save-every N] [--sample-every N --sample-prompt P ...] [--stop-after K]
+//             [--balance] [--cfg-drop P] [--save-every N] [--sample-every N --sample-prompt P ...] [--stop-after K]
 //             [--resume] [--export model.safetensors [--export-dtype f32|bf16|f16]] [--threads N]
 //
 // Trains the text-conditioned RQ-Transformer (stage 2, config type "rq-transformer") against a
@@ -32,6 +32,10 @@
 // --balance draws every json "group" of the shards equally often instead of every sample (a set
 // where most samples are variants of a few, like the emoji's skin tones, otherwise spends most
 // steps on those few); the data order of a run is fixed at its start.
+//
+// --cfg-drop P gives a share P of the rows the unconditional all-PAD text instead of their
+// caption (train/code_cache.h), so that the model also learns the picture distribution without
+// text: classifier-free guidance (generate --cfg S) samples from u + S(c - u) and needs it.
 //
 // --init MODEL fine-tunes a text-to-image model file: its stage-2 weights, config and text
 // tokenizer start the run (in f32, whatever the file's dtype), and its stage 1 encodes the
@@ -83,6 +87,7 @@ struct TrainCliOptions {
   int64_t steps = 0, stop_after = 0, save_every = 0, sample_every = 0;
   int batch = 8;
   double lr = 5e-4, min_lr = 0.0, weight_decay = 1e-4, dropout = 0.1, clip = 1.0;
+  double cfg_drop = 0.0;  // share of rows trained with the unconditional (all-PAD) text
   int64_t warmup = 0;
   uint64_t seed = 0;
   std::vector<std::string> sample_prompts;
@@ -305,6 +310,7 @@ int run_train(TrainCliOptions opt) {
     take("--warmup", "warmup", opt.warmup);
     take("--weight-decay", "weight_decay", opt.weight_decay);
     take("--dropout", "dropout", opt.dropout);
+    take("--cfg-drop", "cfg_drop", opt.cfg_drop);
     take("--clip", "clip", opt.clip);
     take("--save-every", "save_every", opt.save_every);
     take("--sample-every", "sample_every", opt.sample_every);
@@ -346,6 +352,7 @@ int run_train(TrainCliOptions opt) {
   if (opt.warmup < 0) usage_fail("--warmup must be >= 0, got ", opt.warmup);
   if (!(opt.weight_decay >= 0)) usage_fail("--weight-decay must be >= 0, got ", opt.weight_decay);
   if (!(opt.dropout >= 0 && opt.dropout < 1)) usage_fail("--dropout must be in [0, 1), got ", opt.dropout);
+  if (!(opt.cfg_drop >= 0 && opt.cfg_drop < 1)) usage_fail("--cfg-drop must be in [0, 1), got ", opt.cfg_drop);
   if (!(opt.clip >= 0)) usage_fail("--clip must be >= 0 (0 = no clipping), got ", opt.clip);
   if (opt.save_every < 0 || opt.sample_every < 0 || opt.stop_after < 0)
     usage_fail("--save-every, --sample-every and --stop-after must be >= 0");
@@ -497,6 +504,10 @@ int run_train(TrainCliOptions opt) {
   sched.warmup = opt.warmup;
   sched.total = opt.steps;
   CodeBatcher batcher(cache, *tok, opt.seed, opt.balance);
+  batcher.set_uncond_prob(opt.cfg_drop);
+  if (opt.cfg_drop > 0)
+    say("classifier-free guidance training: " + std::to_string(int(opt.cfg_drop * 100 + 0.5)) +
+        "% of the rows see the unconditional (all-PAD) text");
   if (opt.balance) {
     int64_t groups = 0;
     for (size_t n = 0; n < cache.groups.size(); ++n) groups = std::max<int64_t>(groups, cache.groups[n] + 1);
@@ -513,7 +524,7 @@ int run_train(TrainCliOptions opt) {
                             {"sample_every", opt.sample_every}, {"sample_prompts", opt.sample_prompts},
                             {"betas", {beta1, beta2}},  {"image_weight", image_weight},
                             {"text_weight", text_weight}, {"init", opt.init},
-                            {"balance", opt.balance}};
+                            {"balance", opt.balance},   {"cfg_drop", opt.cfg_drop}};
   auto save = [&](int64_t step) {
     const int64_t g = step * opt.batch;
     nlohmann::json meta = {
@@ -631,6 +642,9 @@ Command reg("train", "Train the text-to-image transformer (stage 2) on tar shard
   sub.add_flag("--balance", opt->balance,
                "draw the shards' json \"group\" values equally often, not the samples (e.g. an emoji with its "
                "skin-tone variants as one group); samples without a group are their own");
+  sub.add_option("--cfg-drop", opt->cfg_drop,
+                 "share of rows trained with the unconditional (all-PAD) text, for classifier-free guidance "
+                 "(generate --cfg); 0.1 is usual (default 0)");
   sub.add_option("--init", opt->init,
                  "fine-tune: start from a model file's stage 2 weights, config and text tokenizer (its stage 1 "
                  "encodes the data unless --tokenizer is given)");
