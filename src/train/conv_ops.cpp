@@ -243,6 +243,77 @@ void group_norm_backward(const float* x, const float* gamma, const float* mean, 
 // ---------------------------------------------------------------------------------------------
 // SiLU, upsampling, add
 
+// ---------------------------------------------------------------------------------------------
+// BatchNorm (training mode), LeakyReLU
+
+void batch_norm_train_forward(const float* x, const float* gamma, const float* beta, float* y, float* mean,
+                              float* rstd, float* var_unbiased, int64_t B, int64_t C, int64_t N, float eps) {
+  const int64_t M = B * N;
+  HWAGA_CHECK(M > 1, "batch_norm: a channel needs more than one value, found ", M);
+  parallel_for(C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double s = 0;
+      for (int64_t b = 0; b < B; ++b)
+        for (const float *p = x + (b * C + c) * N, *e = p + N; p < e; ++p) s += *p;
+      const double m = s / double(M);
+      double q = 0;
+      for (int64_t b = 0; b < B; ++b)
+        for (const float *p = x + (b * C + c) * N, *e = p + N; p < e; ++p) q += (*p - m) * (*p - m);
+      const double r = 1.0 / std::sqrt(q / double(M) + double(eps));
+      mean[c] = float(m);
+      rstd[c] = float(r);
+      if (var_unbiased) var_unbiased[c] = float(q / double(M - 1));
+      const float a = float(r) * gamma[c], sh = beta[c], mf = float(m);
+      for (int64_t b = 0; b < B; ++b) {
+        const float* xc = x + (b * C + c) * N;
+        float* yc = y + (b * C + c) * N;
+        for (int64_t i = 0; i < N; ++i) yc[i] = (xc[i] - mf) * a + sh;
+      }
+    }
+  });
+}
+
+void batch_norm_train_backward(const float* x, const float* gamma, const float* mean, const float* rstd,
+                               const float* dy, float* dx, float* dgamma, float* dbeta, int64_t B, int64_t C,
+                               int64_t N) {
+  const int64_t M = B * N;
+  parallel_for(C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const float m = mean[c], r = rstd[c];
+      double sd = 0, sdx = 0;  // sum dy, sum dy * xhat
+      for (int64_t b = 0; b < B; ++b) {
+        const float* xc = x + (b * C + c) * N;
+        const float* dc = dy + (b * C + c) * N;
+        for (int64_t i = 0; i < N; ++i) {
+          sd += dc[i];
+          sdx += double(dc[i]) * (double(xc[i] - m) * r);
+        }
+      }
+      dgamma[c] += float(sdx);
+      dbeta[c] += float(sd);
+      const float k = gamma[c] * r, md = float(sd / double(M)), mdx = float(sdx / double(M));
+      for (int64_t b = 0; b < B; ++b) {
+        const float* xc = x + (b * C + c) * N;
+        const float* dc = dy + (b * C + c) * N;
+        float* o = dx + (b * C + c) * N;
+        for (int64_t i = 0; i < N; ++i) o[i] = k * (dc[i] - md - (xc[i] - m) * r * mdx);
+      }
+    }
+  });
+}
+
+void leaky_relu_forward(const float* x, float* y, int64_t n, float slope) {
+  parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) y[i] = x[i] > 0 ? x[i] : slope * x[i];
+  });
+}
+
+void leaky_relu_backward(const float* y, const float* dy, float* dx, int64_t n, float slope) {
+  parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) dx[i] = y[i] > 0 ? dy[i] : slope * dy[i];
+  });
+}
+
 void silu_forward(const float* x, float* y, int64_t n) { cpu::silu_forward(x, y, n); }
 
 void silu_backward(const float* x, const float* dy, float* dx, int64_t n) {

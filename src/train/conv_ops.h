@@ -1,6 +1,7 @@
 // Forward and backward kernels of the ops the taming conv net (RQ-VAE / VQGAN encoder and
 // decoder) is built from, for training on the CPU: conv2d (any kernel, stride, asymmetric pads),
-// GroupNorm with affine, SiLU, nearest 2x upsampling, the single-head spatial attention of the
+// GroupNorm with affine, BatchNorm (training mode) and LeakyReLU (the patch-GAN discriminator), SiLU,
+// nearest 2x upsampling, the single-head spatial attention of the
 // AttnBlock, and MSE. f32, NCHW, threaded over hwaga's pool (sgemm threads itself).
 //
 // Conventions: backward functions OVERWRITE input gradients (dx, dq, ...) and ACCUMULATE (+=)
@@ -33,6 +34,24 @@ void group_norm_forward(const float* x, const float* gamma, const float* beta, f
 // dy [B,C,N] -> dx [B,C,N] (may alias dy), dgamma += [C], dbeta += [C].
 void group_norm_backward(const float* x, const float* gamma, const float* mean, const float* rstd, const float* dy,
                          float* dx, float* dgamma, float* dbeta, int64_t B, int64_t C, int64_t N, int64_t G);
+
+// ---- BatchNorm2d in training mode over x [B,C,N]: statistics per channel over B and N ----
+// y = (x - mean_c) * rstd_c * gamma_c + beta_c, rstd = 1/sqrt(biased var + eps) (statistics in
+// double); saves mean and rstd [C]; var_unbiased [C] (nullable) receives the unbiased variance
+// that nn.BatchNorm2d folds into its running_var. y may not alias x.
+void batch_norm_train_forward(const float* x, const float* gamma, const float* beta, float* y, float* mean,
+                              float* rstd, float* var_unbiased, int64_t B, int64_t C, int64_t N, float eps);
+// dy [B,C,N] -> dx [B,C,N] (may alias dy), dgamma += [C], dbeta += [C]:
+// dx = gamma rstd (dy - mean(dy) - xhat mean(dy xhat)), means over the channel's B*N values.
+void batch_norm_train_backward(const float* x, const float* gamma, const float* mean, const float* rstd,
+                               const float* dy, float* dx, float* dgamma, float* dbeta, int64_t B, int64_t C,
+                               int64_t N);
+
+// ---- LeakyReLU y = x > 0 ? x : slope x (slope > 0; y may alias x) ----
+void leaky_relu_forward(const float* x, float* y, int64_t n, float slope);
+// From the OUTPUT y, as PyTorch's in-place LeakyReLU does (same sign as x for slope > 0):
+// dx = y > 0 ? dy : slope dy; dx may alias dy.
+void leaky_relu_backward(const float* y, const float* dy, float* dx, int64_t n, float slope);
 
 // ---- SiLU y = x * sigmoid(x) ----
 void silu_forward(const float* x, float* y, int64_t n);

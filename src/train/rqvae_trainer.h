@@ -30,6 +30,7 @@
 #include "core/tensor_map.h"
 #include "nn/stage1_config.h"
 #include "train/param.h"
+#include "train/patch_gan.h"
 #include "train/taming_train.h"
 
 namespace hwaga::train {
@@ -50,6 +51,7 @@ struct RqvaeStepStats {
   int64_t codes_used = 0;  // distinct codes chosen in this batch, over all depths
   double perplexity = 0;   // exp(entropy) of the batch's code histogram (all depths)
   int64_t restarted = 0;   // codes restarted this step, summed over depths
+  GanStepStats gan;        // the generator half of the GAN (when one was given)
 };
 
 class RqvaeTrainer {
@@ -67,8 +69,11 @@ class RqvaeTrainer {
 
   // One forward and backward pass: gradients are ADDED to the params (zero_grad first), the EMA
   // codebook is updated (options().ema). images: host f32 [B,in_channels,R,R], about [-1,1].
-  // step_seed seeds the restart draws.
-  RqvaeStepStats train_step(const Tensor& images, uint64_t step_seed);
+  // step_seed seeds the restart draws. With `gan`, the loss gains its generator term
+  // (train/patch_gan.h); its discriminator half runs after the optimizer step, on last_recon().
+  RqvaeStepStats train_step(const Tensor& images, uint64_t step_seed, AdversarialLoss* gan = nullptr);
+  // The reconstruction of the last train_step [B,out_ch,R,R].
+  const Tensor& last_recon() const { return last_recon_; }
 
   // Reconstruction with no update and no saved activations: [B,out_ch,R,R] (not clamped);
   // codes (int32 [B,h,w,D]) when asked.
@@ -100,7 +105,7 @@ class RqvaeTrainer {
   Param* codebook_ = nullptr;      // [K+1,E]
   Param* cluster_size_ = nullptr;  // [K]
   Param* embed_ema_ = nullptr;     // [K,E]
-  Tensor last_codes_;
+  Tensor last_codes_, last_recon_;
   std::vector<Tensor> last_restart_;
 };
 

@@ -180,6 +180,43 @@ class TrainTokenizerCLI(unittest.TestCase):
 
     # ------------------------------------------------------------------ bad input
 
+    def test_gan_resume_is_bitwise_and_stays_out_of_the_export(self):
+        gan = ["--gan", "--disc-ndf", "8", "--disc-start", "1"]
+        a, b = self.work(), self.work()
+        self.train(a, "--steps", "4", "--stop-after", "2", *gan)
+        T.hwaga("train-tokenizer", "--work-dir", a, "--resume", *THREADS, check=True)
+        model = os.path.join(b, "model.safetensors")
+        self.train(b, "--steps", "4", "-o", model, *gan)
+        ta, ma = F.read_safetensors(os.path.join(a, "checkpoint.safetensors"))
+        tb, mb = F.read_safetensors(os.path.join(b, "checkpoint.safetensors"))
+        self.assertEqual(sorted(ta), sorted(tb))
+        disc = [k for k in ta if k.startswith("discriminator.main.")]
+        self.assertIn("discriminator.main.3.running_var", disc)
+        self.assertIn("optim.m.discriminator.main.0.weight", ta)
+        for k in ta:
+            self.assertTrue(np.array_equal(ta[k], tb[k]), "%s differs after resume" % k)
+        ja = json.loads(ma["train"])
+        self.assertEqual(ja["disc_optimizer_steps"], 3)  # steps 2..4: the GAN starts at step index 1
+        self.assertEqual(ja["options"]["disc_ndf"], 8)
+        # the log: no GAN figures before --disc-start, then finite ones
+        steps = [r for r in read_log(a) if "event" not in r]
+        self.assertNotIn("loss_gen", steps[0])
+        for r in steps[1:]:
+            for k in ("loss_gen", "g_weight", "loss_disc", "logits_real", "logits_fake"):
+                self.assertTrue(np.isfinite(r[k]), (k, r))
+        # the exported tokenizer has no discriminator in it
+        tm, _ = F.read_safetensors(model)
+        self.assertFalse([k for k in tm if "discriminator" in k])
+        # a resumed run keeps its discriminator; one without cannot gain one
+        p = T.hwaga("train-tokenizer", "--work-dir", a, "--resume", "--disc-ndf", "4", *THREADS)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("--disc-ndf", p.stderr)
+        c = self.work()
+        self.train(c, "--steps", "2", "--stop-after", "1")
+        p = T.hwaga("train-tokenizer", "--work-dir", c, "--resume", "--gan", *THREADS)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("no discriminator", p.stderr)
+
     def test_bad_options(self):
         t = self.tmp.name
         bad_json = os.path.join(t, "bad.json")
@@ -199,6 +236,13 @@ class TrainTokenizerCLI(unittest.TestCase):
             (["--shards", self.shards, "--preset", "nope", "--steps", "1"], 2, "--preset"),
             (["--resume", "--steps", "1"], 1, "no checkpoint"),
             (["--export-only"], 1, "no checkpoint"),
+            (["--shards", self.shards, "--config", self.cfg, "--steps", "1", "--disc-weight", "1"], 2, "needs --gan"),
+            (["--shards", self.shards, "--config", self.cfg, "--steps", "1", "--gan", "--disc-layers", "4"], 2,
+             "leave no logits of 16x16"),
+            (["--shards", self.shards, "--config", self.cfg, "--steps", "1", "--gan", "--disc-weight", "-1"], 2,
+             "--disc-weight"),
+            (["--shards", self.shards, "--config", self.cfg, "--steps", "1", "--gan", "--disc-start", "-1"], 2,
+             "--disc-start"),
         ]
         for args, rc, word in cases:
             with self.subTest(args=args):

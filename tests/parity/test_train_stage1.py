@@ -102,25 +102,10 @@ class TrainStage1Parity(unittest.TestCase):
             self.assertAlmostEqual(l[i] / out[key], 1.0, delta=1e-5, msg="%s: hwaga %r, torch %r" % (key, l[i], out[key]))
 
         # gradients
-        grads = {n: p.grad.detach().numpy().astype(np.float64) for n, p in model.named_parameters() if p.grad is not None}
-        gall = max(np.abs(g).max() for g in grads.values())
-        worst = 0.0
-        checked = 0
-        for name, g in grads.items():
-            h = t["grad.stage1." + name].astype(np.float64)
-            self.assertEqual(h.shape, g.shape, name)
-            gm = np.abs(g).max()
-            err = np.abs(h - g)
-            tol = 2e-4 * gm + 2e-4 * np.abs(g) + 1e-6 * gall
-            bad = err > tol
-            if bad.any():
-                i = np.unravel_index(np.argmax(err - tol), g.shape)
-                self.fail("grad %s: hwaga %r, torch %r at %s (max |g| %r)" % (name, h[i], g[i], i, gm))
-            if gm > 1e-6 * gall:
-                worst = max(worst, err.max() / gm)
-            checked += 1
-        self.assertEqual(checked, len([k for k in t if k.startswith("grad.")]), "hwaga has gradients torch has not")
-        print("  %d gradients, max |diff| / max|g| per tensor: %.2e" % (checked, worst))
+        grads = {n: p.grad.detach().numpy() for n, p in model.named_parameters() if p.grad is not None}
+        got = {k[len("grad.stage1."):]: v for k, v in t.items() if k.startswith("grad.")}
+        worst = F.compare_grads(self, got, grads)
+        print("  %d gradients, max |diff| / max|g| per tensor: %.2e" % (len(grads), worst))
 
         # EMA buffers and codebook after the step
         cb = model.quantizer.codebooks[0]
@@ -132,21 +117,9 @@ class TrainStage1Parity(unittest.TestCase):
         self.assertTrue((t["after.stage1.quantizer.codebooks.0.weight"][K] == 0).all(), "padding row changed")
 
         # Adam on hwaga's gradients
-        params = []
-        names = []
-        for k in t:
-            if k.startswith("grad."):
-                name = k[len("grad."):]
-                p = torch.nn.Parameter(torch.from_numpy(t["before." + name].copy()))
-                p.grad = torch.from_numpy(t[k].copy())
-                params.append(p)
-                names.append(name)
-        opt = torch.optim.Adam(params, lr=LR, betas=(0.5, 0.9), eps=1e-8, weight_decay=0)
-        opt.step()
-        for name, p in zip(names, params):
-            ref = p.detach().numpy().astype(np.float64)
-            got = t["after." + name].astype(np.float64)
-            np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * max(1.0, np.abs(ref).max()) + 1e-3 * LR,
+        for name, ref in F.adam_reference(t, "before.", "grad.", LR).items():
+            np.testing.assert_allclose(t["after." + name].astype(np.float64), ref.astype(np.float64), rtol=0,
+                                       atol=1e-6 * max(1.0, np.abs(ref).max()) + 1e-3 * LR,
                                        err_msg="Adam update of " + name)
 
     def test_depth2_more_vectors_than_codes(self):

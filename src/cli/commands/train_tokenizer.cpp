@@ -2,6 +2,7 @@
 //                       --work-dir DIR --steps N [--batch 8] [--lr 4e-5] [--warmup 0] [--min-lr LR]
 //                       [--beta1 0.5] [--beta2 0.9] [--seed S] [--save-every N] [--sample-every N]
 //                       [--eval-shards SPEC] [--eval-count 16] [--no-flip] [--shuffle-buffer 1000]
+//                       [--gan [--disc-weight 0.75] [--disc-layers 2] [--disc-ndf 64] [--disc-start 0]]
 //                       [--stop-after K] [--resume] [-o model.safetensors] [--export-only] [--threads N]
 //
 // Trains an image tokenizer (stage 1) on the CPU from tar shards: an RQ-VAE (architecture.md
@@ -12,7 +13,13 @@
 // legacy weighting), the codebook trained by its gradient. Both: Adam (β 0.5/0.9, no decay) with
 // linear warm-up, then constant (the reference's "cosine to min_lr = lr"; --min-lr below --lr
 // gives a real cosine to --steps); the default lr 4e-5 serves both (taming's VQGAN rule,
-// 4.5e-6 x batch, gives 3.6e-5 at batch 8). No LPIPS or GAN terms.
+// 4.5e-6 x batch, gives 3.6e-5 at batch 8). No LPIPS term.
+//
+// --gan adds the released recipe's adversarial term (architecture.md §6.1, train/patch_gan.h):
+// a patch-GAN discriminator (--disc-layers, --disc-ndf) trained with the hinge loss by its own
+// Adam (the same betas and learning rate schedule), and the generator term -mean D(x_rec) times
+// VQGAN's adaptive weight and --disc-weight, from step --disc-start on. The discriminator and
+// its moments travel in the checkpoint (not in the exported model).
 //
 // WORK holds checkpoint.safetensors (every --save-every steps, at the end, and on SIGINT/SIGTERM,
 // then exit 130/143; written atomically), train.jsonl (one line per step: loss, recon,
@@ -73,6 +80,8 @@ struct TokOptions {
   double lr = 4e-5, min_lr = -1, beta1 = 0.5, beta2 = 0.9;
   uint64_t seed = 0;
   bool resume = false, export_only = false, no_flip = false;
+  bool gan = false;  // the patch-GAN term (train/patch_gan.h)
+  PatchGanOptions disc;
   CLI::App* app = nullptr;
   bool given(const char* name) const { return app && app->count(name) > 0; }
 };
@@ -150,7 +159,8 @@ class TokenizerTrainer {
   virtual ~TokenizerTrainer() = default;
   virtual ParamSet& params() = 0;
   // gradients added to params() (zero_grad first); step_seed seeds what the step draws
-  virtual TokStepStats train_step(const Tensor& x, uint64_t step_seed) = 0;
+  virtual TokStepStats train_step(const Tensor& x, uint64_t step_seed, AdversarialLoss* gan, GanStepStats& gst) = 0;
+  virtual const Tensor& last_recon() const = 0;  // of the last train_step
   virtual Tensor reconstruct(const Tensor& x) = 0;
   virtual TensorMap model_tensors() const = 0;  // the "stage1.*" tensors of a model file
   virtual void load_model_tensors(const TensorMap& m, const std::string& source) = 0;
@@ -162,10 +172,12 @@ class RqvaeTokTrainer final : public TokenizerTrainer {
  public:
   RqvaeTokTrainer(const Stage1Config& c, uint64_t seed) : t_(c, seed) {}
   ParamSet& params() override { return t_.params(); }
-  TokStepStats train_step(const Tensor& x, uint64_t step_seed) override {
-    const RqvaeStepStats s = t_.train_step(x, step_seed);
+  TokStepStats train_step(const Tensor& x, uint64_t step_seed, AdversarialLoss* gan, GanStepStats& gst) override {
+    const RqvaeStepStats s = t_.train_step(x, step_seed, gan);
+    gst = s.gan;
     return {s.loss, s.recon, s.commitment, s.perplexity, s.codes_used, s.restarted};
   }
+  const Tensor& last_recon() const override { return t_.last_recon(); }
   Tensor reconstruct(const Tensor& x) override { return t_.reconstruct(x); }
   TensorMap model_tensors() const override { return t_.model_tensors(); }
   void load_model_tensors(const TensorMap& m, const std::string& src) override { t_.load_model_tensors(m, src); }
@@ -186,10 +198,13 @@ class VqganTokTrainer final : public TokenizerTrainer {
  public:
   VqganTokTrainer(const Stage1Config& c, uint64_t seed) : t_(c, seed) {}
   ParamSet& params() override { return t_.params(); }
-  TokStepStats train_step(const Tensor& x, uint64_t) override {  // a VQGAN step draws nothing
-    const VqganStepStats s = t_.train_step(x);
+  // a VQGAN step draws nothing
+  TokStepStats train_step(const Tensor& x, uint64_t, AdversarialLoss* gan, GanStepStats& gst) override {
+    const VqganStepStats s = t_.train_step(x, gan);
+    gst = s.gan;
     return {s.loss, s.recon, s.commitment, s.perplexity, s.codes_used, 0};
   }
+  const Tensor& last_recon() const override { return t_.last_recon(); }
   Tensor reconstruct(const Tensor& x) override { return t_.reconstruct(x); }
   TensorMap model_tensors() const override { return t_.model_tensors(); }
   void load_model_tensors(const TensorMap& m, const std::string& src) override { t_.load_model_tensors(m, src); }
@@ -343,6 +358,18 @@ int run_train_tokenizer(TokOptions opt) {
         usage_fail(flag, " differs from the checkpoint's (", o[key].dump(),
                    "); a resumed run keeps it (start a new --work-dir to change it)");
     }
+    if (opt.given("--gan") && !o.value("gan", false))
+      usage_fail("--gan: the checkpoint's run has no discriminator; start a new --work-dir (or --init from its "
+                 "export) to train with one, or use --disc-start to begin it later in a run");
+    opt.gan = o.value("gan", false);
+    if (opt.gan) {
+      for (const char* f : {"--disc-layers", "--disc-ndf"})
+        if (opt.given(f)) usage_fail(f, ": a resumed run keeps its discriminator (start a new --work-dir to change it)");
+      opt.disc.layers = o.value("disc_layers", opt.disc.layers);
+      opt.disc.ndf = o.value("disc_ndf", opt.disc.ndf);
+      take("--disc-weight", "disc_weight", opt.disc.disc_weight);
+      take("--disc-start", "disc_start", opt.disc.start);
+    }
     opt.batch = o.value("batch", opt.batch);
     opt.seed = o.value("seed", opt.seed);
     opt.shuffle_buffer = o.value("shuffle_buffer", opt.shuffle_buffer);
@@ -367,6 +394,14 @@ int run_train_tokenizer(TokOptions opt) {
     usage_fail("--save-every, --sample-every and --stop-after must be >= 0");
   if (opt.eval_count < 1 || opt.eval_count > 256) usage_fail("--eval-count must be in [1, 256], got ", opt.eval_count);
   if (opt.shuffle_buffer < 0) usage_fail("--shuffle-buffer must be >= 0, got ", opt.shuffle_buffer);
+  if (!opt.gan)
+    for (const char* f : {"--disc-weight", "--disc-layers", "--disc-ndf", "--disc-start"})
+      if (opt.given(f)) usage_fail(f, " needs --gan");
+  if (!(opt.disc.disc_weight >= 0) || !std::isfinite(opt.disc.disc_weight))
+    usage_fail("--disc-weight must be a finite number >= 0, got ", opt.disc.disc_weight);
+  if (opt.disc.layers < 1 || opt.disc.layers > 6) usage_fail("--disc-layers must be in [1, 6], got ", opt.disc.layers);
+  if (opt.disc.ndf < 1 || opt.disc.ndf > 1024) usage_fail("--disc-ndf must be in [1, 1024], got ", opt.disc.ndf);
+  if (opt.disc.start < 0) usage_fail("--disc-start must be >= 0, got ", opt.disc.start);
   if (!opt.output.empty()) check_output_dir(opt.output, "-o");
   apply_common(opt.common);
   if (opt.common.device == "cuda") usage_fail("--device cuda: hwaga train-tokenizer trains on the CPU");
@@ -391,9 +426,19 @@ int run_train_tokenizer(TokOptions opt) {
   std::unique_ptr<TokenizerTrainer> trp = make_trainer(cfg, opt.seed);
   TokenizerTrainer& tr = *trp;
   AdamW adam(AdamWOptions{float(opt.beta1), float(opt.beta2), 1e-8f, 0.0f});
+  std::unique_ptr<AdversarialLoss> gan;
+  if (opt.gan) {
+    const int64_t L = PatchDiscriminator::logits_size(cfg.net.resolution, opt.disc.layers);
+    if (L < 1)
+      usage_fail("--disc-layers ", opt.disc.layers, ": the discriminator's convolutions leave no logits of ",
+                 cfg.net.resolution, "x", cfg.net.resolution, " pictures (use fewer layers)");
+    gan = std::make_unique<AdversarialLoss>(opt.disc, cfg.net.out_ch, mix_seed(opt.seed, "discriminator"),
+                                            AdamWOptions{float(opt.beta1), float(opt.beta2), 1e-8f, 0.0f});
+  }
   int64_t start = 0;
   if (opt.resume) {
     restore_checkpoint(resumed, ckpt_path, tr.params(), &adam);
+    if (gan) gan->load(resumed.tensors, rmeta.value("disc_optimizer_steps", int64_t(0)), ckpt_path);
     start = rmeta.at("step").get<int64_t>();
   } else if (init_file) {
     tr.load_model_tensors(init_file->tensors, opt.init);
@@ -444,9 +489,12 @@ int run_train_tokenizer(TokOptions opt) {
       {"min_lr", opt.min_lr},       {"warmup", opt.warmup},         {"beta1", opt.beta1},
       {"beta2", opt.beta2},         {"seed", opt.seed},             {"save_every", opt.save_every},
       {"sample_every", opt.sample_every}, {"eval_count", opt.eval_count}, {"shuffle_buffer", opt.shuffle_buffer},
-      {"no_flip", opt.no_flip}};
+      {"no_flip", opt.no_flip},     {"gan", opt.gan}};
   nlohmann::json options_all = options;
   options_all.update(tr.loss_options());
+  if (opt.gan)
+    options_all.update({{"disc_weight", opt.disc.disc_weight}, {"disc_layers", opt.disc.layers},
+                        {"disc_ndf", opt.disc.ndf}, {"disc_start", opt.disc.start}});
   auto save = [&](int64_t step) {
     const data::DataState st = ds.state();
     nlohmann::json meta = {{"stage", cfg.type},
@@ -456,7 +504,12 @@ int run_train_tokenizer(TokOptions opt) {
                            {"eval_shards", eval_shards},
                            {"options", options_all},
                            {"data", {{"epoch", st.epoch}, {"consumed", st.consumed}}}};
-    save_checkpoint(ckpt_path, tr.params(), &adam, {}, meta);
+    TensorMap extra;
+    if (gan) {
+      gan->save(extra);
+      meta["disc_optimizer_steps"] = gan->optimizer().steps();
+    }
+    save_checkpoint(ckpt_path, tr.params(), &adam, extra, meta);
   };
   InterruptGuard guard;
   TrainLog log((fs::path(work) / "train.jsonl").string(), opt.resume ? start : -1);
@@ -494,9 +547,13 @@ int run_train_tokenizer(TokOptions opt) {
     if (!opt.dump_step.empty() && step == start) {
       dump["input"] = x.clone();
       for (auto& p : tr.params().all()) dump["before." + p->name] = p->value.clone();
+      if (gan)  // before the generator's half moves the running statistics
+        for (auto& p : gan->discriminator().params().all()) dump["disc.before." + p->name] = p->value.clone();
     }
     tr.params().zero_grad();
-    const TokStepStats st = tr.train_step(x, mix_seed(opt.seed, uint64_t(step), 0x5271));
+    AdversarialLoss* g = gan && step >= opt.disc.start ? gan.get() : nullptr;
+    GanStepStats gst;
+    const TokStepStats st = tr.train_step(x, mix_seed(opt.seed, uint64_t(step), 0x5271), g, gst);
     const float lr = sched.at(step);
     if (!dump.empty()) {
       for (auto& p : tr.params().all())
@@ -505,17 +562,24 @@ int run_train_tokenizer(TokOptions opt) {
     }
     const double gnorm = tr.params().clip_grad_norm(0.0f);  // the norm only (and the NaN check)
     adam.step(tr.params(), lr);
+    if (g) g->discriminator_step(x, tr.last_recon(), lr, gst, dump.empty() ? nullptr : &dump);
     if (!dump.empty()) {
       for (auto& p : tr.params().all()) dump["after." + p->name] = p->value.clone();
       Tensor lv = Tensor::empty({3});
       lv.f32()[0] = float(st.loss), lv.f32()[1] = float(st.recon), lv.f32()[2] = float(st.commitment);
       dump["loss"] = lv;
+      if (g) {
+        Tensor gv = Tensor::empty({5});
+        const double v[5] = {gst.loss_gen, gst.g_weight, gst.loss_disc, gst.logits_real, gst.logits_fake};
+        for (int i = 0; i < 5; ++i) gv.f32()[i] = float(v[i]);
+        dump["gan"] = gv;
+      }
       write_safetensors(opt.dump_step, dump,
                         {{"step", std::to_string(step)}, {"lr", std::to_string(lr)},
                          {"loss", std::to_string(st.loss)}});
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    log.step({{"step", step + 1},
+    nlohmann::json line = {{"step", step + 1},
               {"loss", st.loss},
               {"recon", st.recon},
               {"commitment", st.commitment},
@@ -526,10 +590,17 @@ int run_train_tokenizer(TokOptions opt) {
               {"grad_norm", gnorm},
               {"lr", lr},
               {"img_per_s", secs > 0 ? double(x.dim(0)) / secs : 0.0},
-              {"epoch", epoch}});
-    char extra[128];
-    std::snprintf(extra, sizeof extra, "recon %.4f  commit %.4f  codes %lld/%lld  ppl %.1f", st.recon, st.commitment,
-                  (long long)st.codes_used, (long long)K, st.perplexity);
+              {"epoch", epoch}};
+    if (g)
+      line.update({{"loss_gen", gst.loss_gen}, {"g_weight", gst.g_weight}, {"loss_disc", gst.loss_disc},
+                   {"logits_real", gst.logits_real}, {"logits_fake", gst.logits_fake}});
+    log.step(line);
+    char extra[192];
+    int n = std::snprintf(extra, sizeof extra, "recon %.4f  commit %.4f  codes %lld/%lld  ppl %.1f", st.recon,
+                          st.commitment, (long long)st.codes_used, (long long)K, st.perplexity);
+    if (g)
+      std::snprintf(extra + n, sizeof extra - size_t(n), "  gen %.3f x%.2f  disc %.3f", gst.loss_gen, gst.g_weight,
+                    gst.loss_disc);
     progress.update(step, st.loss, lr, double(x.dim(0)), extra);
     const int64_t done = step + 1;
     if (interrupted()) {
@@ -595,6 +666,13 @@ Command reg("train-tokenizer", "Train the image tokenizer (stage 1: an RQ-VAE or
   sub.add_option("--eval-count", opt->eval_count, "eval pictures (default 16)");
   sub.add_option("--shuffle-buffer", opt->shuffle_buffer, "samples in the shuffle buffer (default 1000)");
   sub.add_flag("--no-flip", opt->no_flip, "no random horizontal flips");
+  sub.add_flag("--gan", opt->gan,
+               "add the patch-GAN term of the released recipe (hinge loss, adaptive weight; a discriminator "
+               "trained alongside)");
+  sub.add_option("--disc-weight", opt->disc.disc_weight, "weight of the GAN terms (default 0.75, the reference's)");
+  sub.add_option("--disc-layers", opt->disc.layers, "discriminator stride-2 conv layers (default 2)");
+  sub.add_option("--disc-ndf", opt->disc.ndf, "discriminator filters of the first conv (default 64)");
+  sub.add_option("--disc-start", opt->disc.start, "first step with the GAN (default 0)");
   sub.add_flag("--resume", opt->resume, "continue WORK/checkpoint.safetensors");
   sub.add_option("-o,--output", opt->output, "write a stage-1 model file at the end");
   sub.add_flag("--export-only", opt->export_only, "write -o from WORK/checkpoint.safetensors without training");

@@ -92,3 +92,39 @@ def read_safetensors(path):
         s, e = v["data_offsets"]
         out[k] = np.frombuffer(b[base + s:base + e], _DT[v["dtype"]]).reshape(v["shape"]).copy()
     return out, meta
+
+
+def compare_grads(tc, got, ref, what="grad"):
+    """Asserts hwaga's gradients `got` match PyTorch's `ref` ({name: numpy}, the same names):
+    |g_hwaga - g_torch| <= 2e-4 max|g_torch| (that tensor) + 2e-4 |g_torch| + 1e-6 max|g| (all
+    tensors); see test_train_stage1.py for why. Returns the worst |diff| / max|g| of a tensor."""
+    tc.assertEqual(sorted(got), sorted(ref), "%s: the two sides have other tensors" % what)
+    gall = max(np.abs(g).max() for g in ref.values())
+    worst = 0.0
+    for name, g in ref.items():
+        g = g.astype(np.float64)
+        h = got[name].astype(np.float64)
+        tc.assertEqual(h.shape, g.shape, name)
+        gm = np.abs(g).max()
+        err = np.abs(h - g)
+        tol = 2e-4 * gm + 2e-4 * np.abs(g) + 1e-6 * gall
+        if (err > tol).any():
+            i = np.unravel_index(np.argmax(err - tol), g.shape)
+            tc.fail("%s %s: hwaga %r, torch %r at %s (max |g| %r)" % (what, name, h[i], g[i], i, gm))
+        if gm > 1e-6 * gall:
+            worst = max(worst, err.max() / gm)
+    return worst
+
+
+def adam_reference(tensors, before, grad, lr, betas=(0.5, 0.9)):
+    """torch.optim.Adam (eps 1e-8, no decay) applied once to `before` + name with `grad` + name
+    gradients from hwaga's dump: {name: numpy after}."""
+    import torch
+    names = [k[len(grad):] for k in tensors if k.startswith(grad)]
+    params = []
+    for n in names:
+        p = torch.nn.Parameter(torch.from_numpy(tensors[before + n].copy()))
+        p.grad = torch.from_numpy(tensors[grad + n].copy())
+        params.append(p)
+    torch.optim.Adam(params, lr=lr, betas=betas, eps=1e-8, weight_decay=0).step()
+    return {n: p.detach().numpy() for n, p in zip(names, params)}

@@ -83,9 +83,10 @@ def quantize_train(cb, z, restart, decay=0.99, eps=1e-5):
     return sums, torch.stack(codes, 1), residuals
 
 
-def train_step(model, x, restart, beta=0.25):
+def train_step(model, x, restart, beta=0.25, gan=None):
     """One forward + backward (gradients in .grad). Returns dict(loss, recon, commitment, codes,
-    residuals)."""
+    residuals, xr). gan (patch_gan_ref.generator_term) adds its term to what is differentiated,
+    not to the returned loss, and its figures to the dict."""
     ze = model.encode_latent(x)  # [B,h,w,E] NHWC
     b, h, w, e = ze.shape
     z = ze.reshape(-1, e)
@@ -95,6 +96,11 @@ def train_step(model, x, restart, beta=0.25):
     xr = model.decoder(model.post_quant_conv(zq.reshape(b, h, w, e).permute(0, 3, 1, 2).contiguous()))
     recon = F.mse_loss(xr, x)
     loss = recon + beta * commitment
-    loss.backward()
+    extra = {}
+    total = loss
+    if gan is not None:
+        term, extra = gan(recon, xr, model.decoder.conv_out.weight)
+        total = loss + term
+    total.backward()
     return dict(loss=loss.item(), recon=recon.item(), commitment=commitment.item(),
-                codes=codes.reshape(b, h, w, -1), residuals=residuals)
+                codes=codes.reshape(b, h, w, -1), residuals=residuals, xr=xr.detach(), **extra)
