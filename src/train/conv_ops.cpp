@@ -149,9 +149,11 @@ void conv2d_backward(const cpu::Conv2dShape& s, const float* x, const float* w, 
           db[co] += float(acc);
         }
       });
-    im2col(s, x, b0, n, col.data());
-    // dw [Cout, CKK] += dyc [Cout, L] . col^T [L, CKK]
-    cpu::sgemm(false, true, s.Cout, CKK, L, 1.0f, dyc.data(), L, col.data(), L, 1.0f, dw, CKK);
+    if (dw) {
+      im2col(s, x, b0, n, col.data());
+      // dw [Cout, CKK] += dyc [Cout, L] . col^T [L, CKK]
+      cpu::sgemm(false, true, s.Cout, CKK, L, 1.0f, dyc.data(), L, col.data(), L, 1.0f, dw, CKK);
+    }
     if (dx) {
       // dcol [CKK, L] = w^T [CKK, Cout] . dyc [Cout, L]  (into col, no longer needed)
       cpu::sgemm(true, false, CKK, L, s.Cout, 1.0f, w, CKK, dyc.data(), L, 0.0f, col.data(), L);
@@ -311,6 +313,35 @@ void leaky_relu_forward(const float* x, float* y, int64_t n, float slope) {
 void leaky_relu_backward(const float* y, const float* dy, float* dx, int64_t n, float slope) {
   parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) dx[i] = y[i] > 0 ? dy[i] : slope * dy[i];
+  });
+}
+
+void max_pool2x2_forward(const float* x, float* y, int64_t P, int64_t H, int64_t W) {
+  const int64_t Ho = H / 2, Wo = W / 2;
+  parallel_for(P, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t i = 0; i < Ho; ++i)
+        for (int64_t j = 0; j < Wo; ++j) {
+          const float* w = x + (p * H + 2 * i) * W + 2 * j;
+          y[(p * Ho + i) * Wo + j] = std::max(std::max(w[0], w[1]), std::max(w[W], w[W + 1]));
+        }
+  });
+}
+
+void max_pool2x2_backward(const float* x, const float* dy, float* dx, int64_t P, int64_t H, int64_t W) {
+  const int64_t Ho = H / 2, Wo = W / 2;
+  parallel_for(P, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      std::memset(dx + p * H * W, 0, size_t(H * W) * sizeof(float));
+      for (int64_t i = 0; i < Ho; ++i)
+        for (int64_t j = 0; j < Wo; ++j) {
+          const int64_t base = (p * H + 2 * i) * W + 2 * j;
+          int64_t best = base;
+          for (int64_t o : {base + 1, base + W, base + W + 1})
+            if (x[o] > x[best]) best = o;
+          dx[best] = dy[(p * Ho + i) * Wo + j];
+        }
+    }
   });
 }
 

@@ -21,7 +21,8 @@ namespace hwaga::train {
 // ---- conv2d: x [B,Cin,H,W], w [Cout,Cin,kh,kw], b [Cout] -> y [B,Cout,Ho,Wo] ----
 // im2col + sgemm (see conv_ops.cpp for why not kernels/cpu/conv2d.h).
 void conv2d_forward(const cpu::Conv2dShape& s, const float* x, const float* w, const float* b, float* y);
-// dy [B,Cout,Ho,Wo] -> dx [B,Cin,H,W] (nullable), dw += [Cout,Cin,kh,kw], db += [Cout] (nullable).
+// dy [B,Cout,Ho,Wo] -> dx [B,Cin,H,W], dw += [Cout,Cin,kh,kw], db += [Cout]; each nullable (a frozen
+// net, like LPIPS's VGG, needs dx only).
 // im2col + sgemm over chunks of images, col2im for dx.
 void conv2d_backward(const cpu::Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx,
                      float* dw, float* db);
@@ -47,11 +48,17 @@ void batch_norm_train_backward(const float* x, const float* gamma, const float* 
                                const float* dy, float* dx, float* dgamma, float* dbeta, int64_t B, int64_t C,
                                int64_t N);
 
-// ---- LeakyReLU y = x > 0 ? x : slope x (slope > 0; y may alias x) ----
+// ---- LeakyReLU y = x > 0 ? x : slope x (slope >= 0, 0 = ReLU; y may alias x) ----
 void leaky_relu_forward(const float* x, float* y, int64_t n, float slope);
 // From the OUTPUT y, as PyTorch's in-place LeakyReLU does (same sign as x for slope > 0):
 // dx = y > 0 ? dy : slope dy; dx may alias dy.
 void leaky_relu_backward(const float* y, const float* dy, float* dx, int64_t n, float slope);
+
+// ---- 2x2 max pooling, stride 2 (floor): x [P,H,W] -> y [P,H/2,W/2] ----
+void max_pool2x2_forward(const float* x, float* y, int64_t P, int64_t H, int64_t W);
+// dy [P,H/2,W/2] -> dx [P,H,W] (overwritten): each window's gradient goes to its first largest
+// input in row-major order (PyTorch's choice), the others get 0.
+void max_pool2x2_backward(const float* x, const float* dy, float* dx, int64_t P, int64_t H, int64_t W);
 
 // ---- SiLU y = x * sigmoid(x) ----
 void silu_forward(const float* x, float* y, int64_t n);

@@ -175,7 +175,7 @@ void check_images(const Stage1Config& cfg, const Tensor& x) {
 }
 }  // namespace
 
-RqvaeStepStats RqvaeTrainer::train_step(const Tensor& x, uint64_t step_seed, AdversarialLoss* gan) {
+RqvaeStepStats RqvaeTrainer::train_step(const Tensor& x, uint64_t step_seed, const Stage1Terms* terms) {
   check_images(cfg_, x);
   const int64_t B = x.dim(0), h = cfg_.net.latent_resolution(), E = cfg_.embed_dim, N = B * h * h;
   RqvaeStepStats st;
@@ -192,7 +192,7 @@ RqvaeStepStats RqvaeTrainer::train_step(const Tensor& x, uint64_t step_seed, Adv
   Tensor dxr = Tensor::empty(xr.shape());
   st.recon = mse_forward_backward(xr.f32(), x.f32(), dxr.f32(), xr.numel(), 1.0f);
   st.loss = st.recon + double(opt_.commitment_weight) * st.commitment;
-  if (gan) gan->generator(xr, dxr, decoder_.conv_out, st.gan);
+  if (terms) apply_stage1_terms(*terms, x, xr, dxr, decoder_.conv_out, st.terms);
   last_recon_ = xr;
 
   Tensor dz = post_quant_conv_.backward(decoder_.backward(dxr));  // [B,E,h,w]

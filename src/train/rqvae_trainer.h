@@ -30,7 +30,7 @@
 #include "core/tensor_map.h"
 #include "nn/stage1_config.h"
 #include "train/param.h"
-#include "train/patch_gan.h"
+#include "train/stage1_terms.h"
 #include "train/taming_train.h"
 
 namespace hwaga::train {
@@ -51,7 +51,7 @@ struct RqvaeStepStats {
   int64_t codes_used = 0;  // distinct codes chosen in this batch, over all depths
   double perplexity = 0;   // exp(entropy) of the batch's code histogram (all depths)
   int64_t restarted = 0;   // codes restarted this step, summed over depths
-  GanStepStats gan;        // the generator half of the GAN (when one was given)
+  Stage1TermStats terms;   // LPIPS and the GAN's generator half (when given)
 };
 
 class RqvaeTrainer {
@@ -69,9 +69,10 @@ class RqvaeTrainer {
 
   // One forward and backward pass: gradients are ADDED to the params (zero_grad first), the EMA
   // codebook is updated (options().ema). images: host f32 [B,in_channels,R,R], about [-1,1].
-  // step_seed seeds the restart draws. With `gan`, the loss gains its generator term
-  // (train/patch_gan.h); its discriminator half runs after the optimizer step, on last_recon().
-  RqvaeStepStats train_step(const Tensor& images, uint64_t step_seed, AdversarialLoss* gan = nullptr);
+  // step_seed seeds the restart draws. `terms` adds LPIPS and the GAN's generator term
+  // (train/stage1_terms.h); the GAN's discriminator half runs after the optimizer step, on
+  // last_recon().
+  RqvaeStepStats train_step(const Tensor& images, uint64_t step_seed, const Stage1Terms* terms = nullptr);
   // The reconstruction of the last train_step [B,out_ch,R,R].
   const Tensor& last_recon() const { return last_recon_; }
 

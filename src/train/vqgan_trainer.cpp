@@ -75,7 +75,7 @@ double l1_forward_backward(const float* y, const float* t, float* dy, int64_t n)
 
 }  // namespace
 
-VqganStepStats VqganTrainer::train_step(const Tensor& x, AdversarialLoss* gan) {
+VqganStepStats VqganTrainer::train_step(const Tensor& x, const Stage1Terms* terms) {
   check_images(cfg_, x);
   const int64_t B = x.dim(0), h = cfg_.net.latent_resolution(), E = cfg_.embed_dim, K = cfg_.n_embed;
   const int64_t N = B * h * h;
@@ -121,7 +121,7 @@ VqganStepStats VqganTrainer::train_step(const Tensor& x, AdversarialLoss* gan) {
   st.recon = opt_.l1 ? l1_forward_backward(xr.f32(), x.f32(), dxr.f32(), xr.numel())
                      : mse_forward_backward(xr.f32(), x.f32(), dxr.f32(), xr.numel(), 1.0f);
   st.loss = st.recon + double(opt_.commit_weight() + opt_.codebook_weight()) * st.commitment;
-  if (gan) gan->generator(xr, dxr, decoder_.conv_out, st.gan);
+  if (terms) apply_stage1_terms(*terms, x, xr, dxr, decoder_.conv_out, st.terms);
   last_recon_ = xr;
 
   Tensor dz = post_quant_conv_.backward(decoder_.backward(dxr));  // [B,E,h,w]

@@ -32,7 +32,7 @@
 #include "core/tensor_map.h"
 #include "nn/stage1_config.h"
 #include "train/param.h"
-#include "train/patch_gan.h"
+#include "train/stage1_terms.h"
 #include "train/taming_train.h"
 
 namespace hwaga::train {
@@ -55,7 +55,7 @@ struct VqganStepStats {
   double commitment = 0;  // mean((z - e_c)^2): the value of both quantizer terms before their weights
   int64_t codes_used = 0;  // distinct codes chosen in this batch
   double perplexity = 0;   // exp(entropy) of the batch's code histogram
-  GanStepStats gan;        // the generator half of the GAN (when one was given)
+  Stage1TermStats terms;   // LPIPS and the GAN's generator half (when given)
 };
 
 class VqganTrainer {
@@ -72,10 +72,10 @@ class VqganTrainer {
   const ParamSet& params() const { return ps_; }
 
   // One forward and backward pass: gradients are ADDED to the params (zero_grad first); nothing
-  // else changes. images: host f32 [B,in_channels,R,R], about [-1,1]. Deterministic. With
-  // `gan`, the loss gains its generator term (train/patch_gan.h); its discriminator half runs
-  // after the optimizer step, on last_recon().
-  VqganStepStats train_step(const Tensor& images, AdversarialLoss* gan = nullptr);
+  // else changes. images: host f32 [B,in_channels,R,R], about [-1,1]. Deterministic. `terms`
+  // adds LPIPS and the GAN's generator term (train/stage1_terms.h); the GAN's discriminator half
+  // runs after the optimizer step, on last_recon().
+  VqganStepStats train_step(const Tensor& images, const Stage1Terms* terms = nullptr);
   // The reconstruction of the last train_step [B,out_ch,R,R].
   const Tensor& last_recon() const { return last_recon_; }
 

@@ -2,6 +2,7 @@
 //                       --work-dir DIR --steps N [--batch 8] [--lr 4e-5] [--warmup 0] [--min-lr LR]
 //                       [--beta1 0.5] [--beta2 0.9] [--seed S] [--save-every N] [--sample-every N]
 //                       [--eval-shards SPEC] [--eval-count 16] [--no-flip] [--shuffle-buffer 1000]
+//                       [--lpips VGG16.pth,LPIPS_HEADS.pth [--lpips-weight 1]]
 //                       [--gan [--disc-weight 0.75] [--disc-layers 2] [--disc-ndf 64] [--disc-start 0]]
 //                       [--stop-after K] [--resume] [-o model.safetensors] [--export-only] [--threads N]
 //
@@ -13,7 +14,10 @@
 // legacy weighting), the codebook trained by its gradient. Both: Adam (β 0.5/0.9, no decay) with
 // linear warm-up, then constant (the reference's "cosine to min_lr = lr"; --min-lr below --lr
 // gives a real cosine to --steps); the default lr 4e-5 serves both (taming's VQGAN rule,
-// 4.5e-6 x batch, gives 3.6e-5 at batch 8). No LPIPS term.
+// 4.5e-6 x batch, gives 3.6e-5 at batch 8).
+//
+// --lpips FILES adds the perceptual term (train/lpips.h) with --lpips-weight (1.0): VGG16's
+// features and LPIPS's heads from the user's weight files (nothing is downloaded).
 //
 // --gan adds the released recipe's adversarial term (architecture.md §6.1, train/patch_gan.h):
 // a patch-GAN discriminator (--disc-layers, --disc-ndf) trained with the hinge loss by its own
@@ -81,6 +85,8 @@ struct TokOptions {
   uint64_t seed = 0;
   bool resume = false, export_only = false, no_flip = false;
   bool gan = false;  // the patch-GAN term (train/patch_gan.h)
+  std::string lpips;  // LPIPS weight files, comma-separated (train/lpips.h)
+  double lpips_weight = 1.0;
   PatchGanOptions disc;
   CLI::App* app = nullptr;
   bool given(const char* name) const { return app && app->count(name) > 0; }
@@ -159,7 +165,8 @@ class TokenizerTrainer {
   virtual ~TokenizerTrainer() = default;
   virtual ParamSet& params() = 0;
   // gradients added to params() (zero_grad first); step_seed seeds what the step draws
-  virtual TokStepStats train_step(const Tensor& x, uint64_t step_seed, AdversarialLoss* gan, GanStepStats& gst) = 0;
+  virtual TokStepStats train_step(const Tensor& x, uint64_t step_seed, const Stage1Terms& terms,
+                                  Stage1TermStats& ts) = 0;
   virtual const Tensor& last_recon() const = 0;  // of the last train_step
   virtual Tensor reconstruct(const Tensor& x) = 0;
   virtual TensorMap model_tensors() const = 0;  // the "stage1.*" tensors of a model file
@@ -172,9 +179,10 @@ class RqvaeTokTrainer final : public TokenizerTrainer {
  public:
   RqvaeTokTrainer(const Stage1Config& c, uint64_t seed) : t_(c, seed) {}
   ParamSet& params() override { return t_.params(); }
-  TokStepStats train_step(const Tensor& x, uint64_t step_seed, AdversarialLoss* gan, GanStepStats& gst) override {
-    const RqvaeStepStats s = t_.train_step(x, step_seed, gan);
-    gst = s.gan;
+  TokStepStats train_step(const Tensor& x, uint64_t step_seed, const Stage1Terms& terms,
+                          Stage1TermStats& ts) override {
+    const RqvaeStepStats s = t_.train_step(x, step_seed, &terms);
+    ts = s.terms;
     return {s.loss, s.recon, s.commitment, s.perplexity, s.codes_used, s.restarted};
   }
   const Tensor& last_recon() const override { return t_.last_recon(); }
@@ -199,9 +207,9 @@ class VqganTokTrainer final : public TokenizerTrainer {
   VqganTokTrainer(const Stage1Config& c, uint64_t seed) : t_(c, seed) {}
   ParamSet& params() override { return t_.params(); }
   // a VQGAN step draws nothing
-  TokStepStats train_step(const Tensor& x, uint64_t, AdversarialLoss* gan, GanStepStats& gst) override {
-    const VqganStepStats s = t_.train_step(x, gan);
-    gst = s.gan;
+  TokStepStats train_step(const Tensor& x, uint64_t, const Stage1Terms& terms, Stage1TermStats& ts) override {
+    const VqganStepStats s = t_.train_step(x, &terms);
+    ts = s.terms;
     return {s.loss, s.recon, s.commitment, s.perplexity, s.codes_used, 0};
   }
   const Tensor& last_recon() const override { return t_.last_recon(); }
@@ -362,6 +370,8 @@ int run_train_tokenizer(TokOptions opt) {
       usage_fail("--gan: the checkpoint's run has no discriminator; start a new --work-dir (or --init from its "
                  "export) to train with one, or use --disc-start to begin it later in a run");
     opt.gan = o.value("gan", false);
+    take("--lpips", "lpips", opt.lpips);
+    take("--lpips-weight", "lpips_weight", opt.lpips_weight);
     if (opt.gan) {
       for (const char* f : {"--disc-layers", "--disc-ndf"})
         if (opt.given(f)) usage_fail(f, ": a resumed run keeps its discriminator (start a new --work-dir to change it)");
@@ -394,6 +404,9 @@ int run_train_tokenizer(TokOptions opt) {
     usage_fail("--save-every, --sample-every and --stop-after must be >= 0");
   if (opt.eval_count < 1 || opt.eval_count > 256) usage_fail("--eval-count must be in [1, 256], got ", opt.eval_count);
   if (opt.shuffle_buffer < 0) usage_fail("--shuffle-buffer must be >= 0, got ", opt.shuffle_buffer);
+  if (opt.lpips.empty() && opt.given("--lpips-weight")) usage_fail("--lpips-weight needs --lpips FILES");
+  if (!(opt.lpips_weight >= 0) || !std::isfinite(opt.lpips_weight))
+    usage_fail("--lpips-weight must be a finite number >= 0, got ", opt.lpips_weight);
   if (!opt.gan)
     for (const char* f : {"--disc-weight", "--disc-layers", "--disc-ndf", "--disc-start"})
       if (opt.given(f)) usage_fail(f, " needs --gan");
@@ -426,6 +439,17 @@ int run_train_tokenizer(TokOptions opt) {
   std::unique_ptr<TokenizerTrainer> trp = make_trainer(cfg, opt.seed);
   TokenizerTrainer& tr = *trp;
   AdamW adam(AdamWOptions{float(opt.beta1), float(opt.beta2), 1e-8f, 0.0f});
+  std::unique_ptr<Lpips> lpips;
+  if (!opt.lpips.empty()) {
+    std::vector<std::string> files;
+    for (size_t a = 0; a <= opt.lpips.size();) {
+      const size_t b = std::min(opt.lpips.find(',', a), opt.lpips.size());
+      if (b > a) files.push_back(opt.lpips.substr(a, b - a));
+      a = b + 1;
+    }
+    lpips = std::make_unique<Lpips>(Lpips::load(files));
+    if (cfg.net.resolution < 16) usage_fail("--lpips needs pictures of at least 16x16; this model's are ", cfg.net.resolution);
+  }
   std::unique_ptr<AdversarialLoss> gan;
   if (opt.gan) {
     const int64_t L = PatchDiscriminator::logits_size(cfg.net.resolution, opt.disc.layers);
@@ -489,7 +513,8 @@ int run_train_tokenizer(TokOptions opt) {
       {"min_lr", opt.min_lr},       {"warmup", opt.warmup},         {"beta1", opt.beta1},
       {"beta2", opt.beta2},         {"seed", opt.seed},             {"save_every", opt.save_every},
       {"sample_every", opt.sample_every}, {"eval_count", opt.eval_count}, {"shuffle_buffer", opt.shuffle_buffer},
-      {"no_flip", opt.no_flip},     {"gan", opt.gan}};
+      {"no_flip", opt.no_flip},     {"gan", opt.gan},               {"lpips", opt.lpips},
+      {"lpips_weight", opt.lpips_weight}};
   nlohmann::json options_all = options;
   options_all.update(tr.loss_options());
   if (opt.gan)
@@ -552,8 +577,10 @@ int run_train_tokenizer(TokOptions opt) {
     }
     tr.params().zero_grad();
     AdversarialLoss* g = gan && step >= opt.disc.start ? gan.get() : nullptr;
-    GanStepStats gst;
-    const TokStepStats st = tr.train_step(x, mix_seed(opt.seed, uint64_t(step), 0x5271), g, gst);
+    const Stage1Terms terms{lpips.get(), float(opt.lpips_weight), g};
+    Stage1TermStats ts;
+    const TokStepStats st = tr.train_step(x, mix_seed(opt.seed, uint64_t(step), 0x5271), terms, ts);
+    GanStepStats& gst = ts.gan;
     const float lr = sched.at(step);
     if (!dump.empty()) {
       for (auto& p : tr.params().all())
@@ -568,6 +595,11 @@ int run_train_tokenizer(TokOptions opt) {
       Tensor lv = Tensor::empty({3});
       lv.f32()[0] = float(st.loss), lv.f32()[1] = float(st.recon), lv.f32()[2] = float(st.commitment);
       dump["loss"] = lv;
+      if (lpips) {
+        Tensor pv = Tensor::empty({1});
+        pv.f32()[0] = float(ts.lpips);
+        dump["lpips"] = pv;
+      }
       if (g) {
         Tensor gv = Tensor::empty({5});
         const double v[5] = {gst.loss_gen, gst.g_weight, gst.loss_disc, gst.logits_real, gst.logits_fake};
@@ -591,6 +623,7 @@ int run_train_tokenizer(TokOptions opt) {
               {"lr", lr},
               {"img_per_s", secs > 0 ? double(x.dim(0)) / secs : 0.0},
               {"epoch", epoch}};
+    if (lpips) line["lpips"] = ts.lpips;
     if (g)
       line.update({{"loss_gen", gst.loss_gen}, {"g_weight", gst.g_weight}, {"loss_disc", gst.loss_disc},
                    {"logits_real", gst.logits_real}, {"logits_fake", gst.logits_fake}});
@@ -598,6 +631,7 @@ int run_train_tokenizer(TokOptions opt) {
     char extra[192];
     int n = std::snprintf(extra, sizeof extra, "recon %.4f  commit %.4f  codes %lld/%lld  ppl %.1f", st.recon,
                           st.commitment, (long long)st.codes_used, (long long)K, st.perplexity);
+    if (lpips) n += std::snprintf(extra + n, sizeof extra - size_t(n), "  lpips %.4f", ts.lpips);
     if (g)
       std::snprintf(extra + n, sizeof extra - size_t(n), "  gen %.3f x%.2f  disc %.3f", gst.loss_gen, gst.g_weight,
                     gst.loss_disc);
@@ -669,6 +703,10 @@ Command reg("train-tokenizer", "Train the image tokenizer (stage 1: an RQ-VAE or
   sub.add_flag("--gan", opt->gan,
                "add the patch-GAN term of the released recipe (hinge loss, adaptive weight; a discriminator "
                "trained alongside)");
+  sub.add_option("--lpips", opt->lpips,
+                 "add the LPIPS perceptual term: VGG16 and LPIPS head weights, comma-separated files (e.g. "
+                 "torchvision's vgg16-397923af.pth and taming's vgg.pth)");
+  sub.add_option("--lpips-weight", opt->lpips_weight, "weight of the LPIPS term (default 1.0, the reference's)");
   sub.add_option("--disc-weight", opt->disc.disc_weight, "weight of the GAN terms (default 0.75, the reference's)");
   sub.add_option("--disc-layers", opt->disc.layers, "discriminator stride-2 conv layers (default 2)");
   sub.add_option("--disc-ndf", opt->disc.ndf, "discriminator filters of the first conv (default 64)");

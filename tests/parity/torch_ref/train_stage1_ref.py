@@ -83,10 +83,11 @@ def quantize_train(cb, z, restart, decay=0.99, eps=1e-5):
     return sums, torch.stack(codes, 1), residuals
 
 
-def train_step(model, x, restart, beta=0.25, gan=None):
+def train_step(model, x, restart, beta=0.25, gan=None, lpips=None, lpips_weight=1.0):
     """One forward + backward (gradients in .grad). Returns dict(loss, recon, commitment, codes,
-    residuals, xr). gan (patch_gan_ref.generator_term) adds its term to what is differentiated,
-    not to the returned loss, and its figures to the dict."""
+    residuals, xr). lpips (lpips_ref.LPIPS) adds lpips_weight * LPIPS(x, x_rec) and gan
+    (patch_gan_ref.generator_term, measured against recon + that) its term to what is
+    differentiated, not to the returned loss; their figures go into the dict."""
     ze = model.encode_latent(x)  # [B,h,w,E] NHWC
     b, h, w, e = ze.shape
     z = ze.reshape(-1, e)
@@ -97,10 +98,15 @@ def train_step(model, x, restart, beta=0.25, gan=None):
     recon = F.mse_loss(xr, x)
     loss = recon + beta * commitment
     extra = {}
-    total = loss
+    total, nll = loss, recon
+    if lpips is not None:
+        p = lpips(x, xr)
+        extra["lpips"] = p.item()
+        total, nll = total + lpips_weight * p, nll + lpips_weight * p
     if gan is not None:
-        term, extra = gan(recon, xr, model.decoder.conv_out.weight)
-        total = loss + term
+        term, g = gan(nll, xr, model.decoder.conv_out.weight)
+        extra.update(g)
+        total = total + term
     total.backward()
     return dict(loss=loss.item(), recon=recon.item(), commitment=commitment.item(),
                 codes=codes.reshape(b, h, w, -1), residuals=residuals, xr=xr.detach(), **extra)

@@ -1,6 +1,7 @@
-"""One `hwaga train-tokenizer --gan` step against PyTorch autograd (torch_ref/patch_gan_ref.py
-with train_stage1_ref.py): the patch-GAN discriminator, the hinge loss, the generator term and
-VQGAN's adaptive weight (architecture.md §6.1).
+"""One `hwaga train-tokenizer --gan` / `--lpips` step against PyTorch autograd
+(torch_ref/patch_gan_ref.py, torch_ref/lpips_ref.py with train_stage1_ref.py): the patch-GAN
+discriminator, the hinge loss, the generator term and VQGAN's adaptive weight, and LPIPS on
+random VGG16 weights written in torchvision's and taming's file layouts (architecture.md §6.1).
 
 hwaga's --dump-step file holds, besides what test_train_stage1.py reads, the discriminator before
 its step ("disc.before.*"), its gradients ("disc.grad.*"), after its Adam step and three forward
@@ -10,7 +11,7 @@ from the "before" tensors and runs the generator step (with the GAN term) and th
 discriminator step (D(fake) then D(real), on the reconstruction from before the generator's
 update); compared:
 
-  figures        loss_gen, g_weight, loss_disc, the mean logits: within 1e-4 relative + 1e-6
+  figures        lpips, loss_gen, g_weight, loss_disc, the mean logits: within 1e-4 relative + 1e-6
                  (g_weight is a ratio of two gradient norms, each ~1e-5 off, see below)
   gradients      of the generator (which now include g_weight·disc_weight·dloss_gen) and of the
                  discriminator: test_train_stage1.py's rule, F.compare_grads
@@ -35,6 +36,7 @@ import hwaga_testlib as T  # noqa: E402
 
 sys.path.insert(0, T.TORCH_REF)
 import torch  # noqa: E402
+import lpips_ref as P  # noqa: E402
 import patch_gan_ref as G  # noqa: E402
 import train_stage1_fixtures as F  # noqa: E402
 import train_stage1_ref as R  # noqa: E402
@@ -42,42 +44,62 @@ import train_stage1_ref as R  # noqa: E402
 LR = 1e-3
 
 
-class TrainStage1GanParity(unittest.TestCase):
-    def check(self, cfg, batch, seed, ndf, layers, disc_weight):
+class TrainStage1TermsParity(unittest.TestCase):
+    def check(self, cfg, batch, seed, ndf=None, layers=2, disc_weight=0.75, lpips_weight=None):
         torch.manual_seed(0)
         torch.set_num_threads(2)
-        with tempfile.TemporaryDirectory(prefix="hwaga-s1gan-") as tmp:
+        lp = P.random_lpips(seed) if lpips_weight is not None else None
+        with tempfile.TemporaryDirectory(prefix="hwaga-s1terms-") as tmp:
             shards = os.path.join(tmp, "shards")
             F.make_shards(shards, 2, 4, cfg["resolution"], seed0=seed)
             conf = F.write_config(os.path.join(tmp, "cfg.json"), cfg)
             dump = os.path.join(tmp, "dump.safetensors")
+            extra = []
+            if ndf is not None:
+                extra += ["--gan", "--disc-ndf", str(ndf), "--disc-layers", str(layers), "--disc-weight", str(disc_weight)]
+            if lp is not None:
+                vgg, heads = os.path.join(tmp, "vgg16.pth"), os.path.join(tmp, "vgg.pth")
+                P.save(lp, vgg, heads)
+                extra += ["--lpips", vgg + "," + heads, "--lpips-weight", str(lpips_weight)]
             T.hwaga("train-tokenizer", "--shards", shards, "--config", conf, "--work-dir", os.path.join(tmp, "work"),
-                    "--steps", "1", "--batch", str(batch), "--lr", str(LR), "--seed", str(seed), "--gan",
-                    "--disc-ndf", str(ndf), "--disc-layers", str(layers), "--disc-weight", str(disc_weight),
+                    "--steps", "1", "--batch", str(batch), "--lr", str(LR), "--seed", str(seed), *extra,
                     "--dump-step", dump, "--threads", "2", check=True)
             t, _ = F.read_safetensors(dump)
         D = cfg["code_shape"][2]
         model = R.build(cfg)
         R.load(model, t)
-        disc = G.PatchDiscriminator(cfg["out_ch"], ndf, layers)
-        G.load(disc, t)
+        disc = None
+        if ndf is not None:
+            disc = G.PatchDiscriminator(cfg["out_ch"], ndf, layers)
+            G.load(disc, t)
         x = torch.from_numpy(t["input"].copy())
         restart = [torch.from_numpy(t["restart.%d" % d].copy()) for d in range(D)]
-        out = R.train_step(model, x, restart, gan=G.generator_term(disc, disc_weight))
+        out = R.train_step(model, x, restart, gan=G.generator_term(disc, disc_weight) if disc else None,
+                           lpips=lp, lpips_weight=lpips_weight or 1.0)
         np.testing.assert_array_equal(t["codes"], out["codes"].numpy().astype(np.int32), "codes differ")
         gen_grads = {n: p.grad.detach().numpy() for n, p in model.named_parameters() if p.grad is not None}
-        out.update(G.discriminator_step(disc, x, out["xr"], disc_weight))
 
         # the step's figures
-        figures = dict(zip(("loss_gen", "g_weight", "loss_disc", "logits_real", "logits_fake"),
-                           t["gan"].astype(np.float64)))
+        figures = {}
+        if lp is not None:
+            figures["lpips"] = float(t["lpips"][0])
+            self.assertGreater(out["lpips"], 1e-4)  # the term is there to be compared
+        if disc is not None:
+            out.update(G.discriminator_step(disc, x, out["xr"], disc_weight))
+            figures.update(zip(("loss_gen", "g_weight", "loss_disc", "logits_real", "logits_fake"),
+                               t["gan"].astype(np.float64)))
+            self.assertGreater(out["g_weight"], 0.0)
+        else:
+            self.assertFalse([k for k in t if k.startswith("disc.")])
         for k, v in figures.items():
             self.assertLessEqual(abs(v - out[k]), 1e-4 * abs(out[k]) + 1e-6, "%s: hwaga %r, torch %r" % (k, v, out[k]))
-        self.assertGreater(out["g_weight"], 0.0)
 
-        # gradients: the generator's (with the GAN term) and the discriminator's
+        # gradients: the generator's (with the terms) and the discriminator's
         got = {k[len("grad.stage1."):]: v for k, v in t.items() if k.startswith("grad.")}
         wg = F.compare_grads(self, got, gen_grads, "generator grad")
+        if disc is None:
+            print("  max |diff| / max|g| per tensor: generator %.2e; lpips %.4g" % (wg, out["lpips"]))
+            return
         got = {k[len("disc.grad.discriminator."):]: v for k, v in t.items() if k.startswith("disc.grad.")}
         dgrads = {n: p.grad.detach().numpy() for n, p in disc.named_parameters()}
         wd = F.compare_grads(self, got, dgrads, "discriminator grad")
@@ -105,6 +127,14 @@ class TrainStage1GanParity(unittest.TestCase):
     def test_one_layer_other_weight(self):
         # one stride-2 conv (16 -> 8 -> logits 6x6), batch 3, another weight
         self.check(F.TINY, batch=3, seed=5, ndf=4, layers=1, disc_weight=0.3)
+
+    def test_lpips(self):
+        # VGG16 at 16x16 (relu5_3 at 1x1), weight 0.7
+        self.check(F.TINY, batch=2, seed=6, lpips_weight=0.7)
+
+    def test_lpips_with_gan(self):
+        # the adaptive weight measured against recon + LPIPS
+        self.check(F.TINY, batch=2, seed=7, ndf=8, layers=2, disc_weight=0.75, lpips_weight=1.0)
 
 
 if __name__ == "__main__":
