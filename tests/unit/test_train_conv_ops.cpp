@@ -1,4 +1,5 @@
-// Backward passes of train/conv_ops.h against central finite differences of the forward passes.
+// Backward passes of train/conv_ops.h against central finite differences of the forward passes
+// (conv, GroupNorm, BatchNorm, SiLU, LeakyReLU, upsampling, max pooling, attention, MSE).
 //
 // Each check builds a scalar L = sum_i r_i * y_i (r fixed random weights, the sum in double) from
 // the op's f32 forward, and compares dL/dv from the backward (fed dy = r) with
@@ -227,4 +228,85 @@ TEST(TrainConvOps, Conv2dBackwardSameForAnyThreadCount) {
   EXPECT_EQ(dx1, dx2);
   EXPECT_EQ(dw1, dw2);
   EXPECT_EQ(db1, db2);
+}
+
+TEST(TrainConvOps, Conv2dBackwardWithoutWeightGradient) {  // a frozen net (LPIPS's VGG) asks dx only
+  cpu::Conv2dShape s{2, 3, 6, 6, 4, 3, 3, 1, 1, 1, 1, 1};
+  std::vector<float> x = rnd(2 * 3 * 36, 94), w = rnd(4 * 3 * 9, 95), r = rnd(2 * 4 * 36, 96);
+  std::vector<float> dx1(x.size()), dw(w.size(), 0), dx2(x.size());
+  conv2d_backward(s, x.data(), w.data(), r.data(), dx1.data(), dw.data(), nullptr);
+  conv2d_backward(s, x.data(), w.data(), r.data(), dx2.data(), nullptr, nullptr);
+  EXPECT_EQ(dx1, dx2);
+}
+
+TEST(TrainConvOps, BatchNormTrainBackward) {
+  const int64_t B = 3, C = 4, N = 5;
+  std::vector<float> x = rnd(size_t(B * C * N), 101, 1.5f, 0.3f), g = rnd(size_t(C), 102, 0.3f, 1.0f),
+                     be = rnd(size_t(C), 103, 0.2f), r = rnd(size_t(B * C * N), 104);
+  std::vector<float> y(x.size()), mean(static_cast<size_t>(C)), rstd(static_cast<size_t>(C)), var(static_cast<size_t>(C));
+  auto L = [&] {
+    batch_norm_train_forward(x.data(), g.data(), be.data(), y.data(), mean.data(), rstd.data(), nullptr, B, C, N,
+                             1e-5f);
+    return dot(r, y);
+  };
+  batch_norm_train_forward(x.data(), g.data(), be.data(), y.data(), mean.data(), rstd.data(), var.data(), B, C, N,
+                           1e-5f);
+  // statistics over B and N per channel; the unbiased variance for the running statistics
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0, q = 0;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < N; ++i) s += x[size_t((b * C + c) * N + i)];
+    const double m = s / double(B * N);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < N; ++i) q += std::pow(x[size_t((b * C + c) * N + i)] - m, 2);
+    EXPECT_NEAR(mean[size_t(c)], m, 1e-6);
+    EXPECT_NEAR(var[size_t(c)], q / double(B * N - 1), 1e-5);
+    EXPECT_NEAR(rstd[size_t(c)], 1.0 / std::sqrt(q / double(B * N) + 1e-5), 1e-5);
+  }
+  std::vector<float> dx(x.size()), dg(static_cast<size_t>(C), 0.0f), db(static_cast<size_t>(C), 0.0f);
+  batch_norm_train_backward(x.data(), g.data(), mean.data(), rstd.data(), r.data(), dx.data(), dg.data(), db.data(), B,
+                            C, N);
+  check_grad("batch norm dx", x, dx, L);
+  check_grad("batch norm dgamma", g, dg, L);
+  check_grad("batch norm dbeta", be, db, L);
+  // dx may alias dy
+  std::vector<float> d2 = r, dg2(static_cast<size_t>(C), 0.0f), db2(static_cast<size_t>(C), 0.0f);
+  L();
+  batch_norm_train_backward(x.data(), g.data(), mean.data(), rstd.data(), d2.data(), d2.data(), dg2.data(), db2.data(),
+                            B, C, N);
+  EXPECT_EQ(d2, dx);
+}
+
+TEST(TrainConvOps, LeakyReluBackward) {
+  // values kept 0.05 away from the kink, so that +-eps never crosses it
+  std::vector<float> x = rnd(50, 111), r = rnd(50, 112), y(50), dx(50);
+  for (float& v : x) v += v >= 0 ? 0.05f : -0.05f;
+  auto L = [&] {
+    leaky_relu_forward(x.data(), y.data(), 50, 0.2f);
+    return dot(r, y);
+  };
+  L();
+  leaky_relu_backward(y.data(), r.data(), dx.data(), 50, 0.2f);
+  check_grad("leaky relu dx", x, dx, L);
+  L();  // y of the unperturbed x
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_EQ(y[i], x[i] > 0 ? x[i] : 0.2f * x[i]);
+}
+
+TEST(TrainConvOps, MaxPool2x2Backward) {
+  // distinct values 0.1 apart (no ties within +-eps); odd sizes drop the last row and column
+  const int64_t P = 2, H = 5, W = 7;
+  std::vector<float> x(size_t(P * H * W));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = 0.1f * float((i * 37) % x.size());
+  std::vector<float> r = rnd(size_t(P * 2 * 3), 121), y(size_t(P * 2 * 3)), dx(x.size());
+  auto L = [&] {
+    max_pool2x2_forward(x.data(), y.data(), P, H, W);
+    return dot(r, y);
+  };
+  L();
+  max_pool2x2_backward(x.data(), r.data(), dx.data(), P, H, W);
+  check_grad("max pool dx", x, dx, L);
+  for (int64_t p = 0; p < P; ++p)  // the dropped row and column get no gradient
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < W; ++j)
+        if (i == H - 1 || j == W - 1) EXPECT_EQ(dx[size_t((p * H + i) * W + j)], 0.0f);
 }
