@@ -11,6 +11,7 @@
 #include "core/threads.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/gemm.h"
+#include "train/transformer_ops.h"
 
 namespace hwaga::train {
 
@@ -113,7 +114,7 @@ void conv2d_forward(const cpu::Conv2dShape& s, const float* x, const float* w, c
     const int64_t n = std::min(nb, s.B - b0), L = n * HoWo;
     im2col(s, x, b0, n, col.data());
     // yc [Cout, L] = w [Cout, CKK] . col [CKK, L]
-    cpu::sgemm(false, false, s.Cout, L, CKK, 1.0f, w, CKK, col.data(), L, 0.0f, yc.data(), L);
+    train_gemm(false, false, s.Cout, L, CKK, 1.0f, w, CKK, col.data(), L, 0.0f, yc.data(), L);
     parallel_for(s.Cout, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t co = c0; co < c1; ++co)
         for (int64_t i = 0; i < n; ++i) {
@@ -152,11 +153,11 @@ void conv2d_backward(const cpu::Conv2dShape& s, const float* x, const float* w, 
     if (dw) {
       im2col(s, x, b0, n, col.data());
       // dw [Cout, CKK] += dyc [Cout, L] . col^T [L, CKK]
-      cpu::sgemm(false, true, s.Cout, CKK, L, 1.0f, dyc.data(), L, col.data(), L, 1.0f, dw, CKK);
+      train_gemm(false, true, s.Cout, CKK, L, 1.0f, dyc.data(), L, col.data(), L, 1.0f, dw, CKK);
     }
     if (dx) {
       // dcol [CKK, L] = w^T [CKK, Cout] . dyc [Cout, L]  (into col, no longer needed)
-      cpu::sgemm(true, false, CKK, L, s.Cout, 1.0f, w, CKK, dyc.data(), L, 0.0f, col.data(), L);
+      train_gemm(true, false, CKK, L, s.Cout, 1.0f, w, CKK, dyc.data(), L, 0.0f, col.data(), L);
       col2im(s, col.data(), b0, n, dx);
     }
   }

@@ -1,6 +1,7 @@
 #include "train/transformer_ops.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -30,11 +31,33 @@ int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<i
 
 }  // namespace
 
+// ---------------------------------------------------------------- matrix products
+
+namespace {
+std::atomic<MatmulPrecision> g_matmul{MatmulPrecision::f32};
+}
+
+void set_matmul_precision(MatmulPrecision p) { g_matmul.store(p); }
+MatmulPrecision matmul_precision() { return g_matmul.load(); }
+const char* matmul_precision_name(MatmulPrecision p) { return p == MatmulPrecision::bf16 ? "bf16" : "f32"; }
+
+MatmulPrecision parse_matmul_precision(const std::string& s, const std::string& what) {
+  if (s == "f32") return MatmulPrecision::f32;
+  if (s == "bf16") return MatmulPrecision::bf16;
+  fail(what, ": expected f32 or bf16, found \"", s, "\"");
+}
+
+void train_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (matmul_precision() == MatmulPrecision::bf16) cpu::gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  else cpu::sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 // ---------------------------------------------------------------- linear
 
 void linear_fwd(const float* x, const float* W, const float* b, float* y, int64_t N, int64_t in, int64_t out) {
   if (N == 0) return;
-  cpu::sgemm(false, true, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);  // y = x W^T
+  train_gemm(false, true, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);  // y = x W^T
   if (b) {
     parallel_for(N, row_grain(out), [&](int64_t r0, int64_t r1) {
       for (int64_t n = r0; n < r1; ++n)
@@ -46,8 +69,8 @@ void linear_fwd(const float* x, const float* W, const float* b, float* y, int64_
 void linear_bwd(const float* x, const float* W, const float* dy, float* dx, float* dW, float* db, int64_t N,
                 int64_t in, int64_t out, bool accumulate_dx) {
   if (N == 0) return;
-  if (dW) cpu::sgemm(true, false, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);  // dW += dy^T x
-  if (dx) cpu::sgemm(false, false, N, in, out, 1.0f, dy, out, W, in, accumulate_dx ? 1.0f : 0.0f, dx, in);
+  if (dW) train_gemm(true, false, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);  // dW += dy^T x
+  if (dx) train_gemm(false, false, N, in, out, 1.0f, dy, out, W, in, accumulate_dx ? 1.0f : 0.0f, dx, in);
   if (db) {
     for_column_chunks(out, [&](int64_t c0, int64_t c1) {
       double acc[64] = {};

@@ -11,8 +11,24 @@
 // V table rows, K classes.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace hwaga::train {
+
+// Precision of the matrix products of the linear layers (linear_fwd / linear_bwd) and of the
+// stage-1 convolutions (conv_ops.h): f32 (strict; the default) or bf16 (both inputs rounded to
+// bf16, products accumulated in f32: cpu::gemm_bf16, AMX where the CPU has it). Weights,
+// gradients, optimizer state and every other op stay f32 (f32 master weights). Process-wide;
+// `hwaga train --matmul` and `hwaga train-tokenizer --matmul` set it.
+enum class MatmulPrecision { f32, bf16 };
+void set_matmul_precision(MatmulPrecision p);
+MatmulPrecision matmul_precision();
+// "f32" / "bf16"; parse_matmul_precision throws hwaga::Error naming `what` on anything else.
+const char* matmul_precision_name(MatmulPrecision p);
+MatmulPrecision parse_matmul_precision(const std::string& s, const std::string& what);
+// The product the linear layers and convolutions use: cpu::sgemm or cpu::gemm_bf16.
+void train_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 // ---- linear: y [N,out] = x [N,in] W^T + b, W [out,in], b [out] or null ----
 void linear_fwd(const float* x, const float* W, const float* b, float* y, int64_t N, int64_t in, int64_t out);

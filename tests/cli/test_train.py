@@ -174,6 +174,24 @@ class TrainCli(unittest.TestCase):
         self.assertEqual(p.returncode, 2, p.stderr)
         self.assertIn("already holds a checkpoint", p.stderr)
 
+    def test_bf16_matmul_resumes_bitwise_and_differs_from_f32(self):
+        a, b, c = self.work("bf16-full"), self.work("bf16-split"), self.work("bf16-f32")
+        hwaga(*self.base(a, "--steps", "4", "--lr", "2e-3", "--matmul", "bf16"), check=True)
+        p = hwaga(*self.base(b, "--steps", "4", "--lr", "2e-3", "--matmul", "bf16", "--stop-after", "2"), check=True)
+        self.assertIn("matrix products in bf16", p.stderr)
+        _, meta = fx.read_safetensors(os.path.join(b, "checkpoint.safetensors"))
+        self.assertEqual(json.loads(meta["train"])["options"]["matmul"], "bf16")
+        p = hwaga("train", "--work-dir", b, "--resume", "--threads", "2", check=True)
+        self.assertIn("matrix products in bf16", p.stderr)  # kept from the checkpoint
+        with open(os.path.join(a, "checkpoint.safetensors"), "rb") as f1, \
+                open(os.path.join(b, "checkpoint.safetensors"), "rb") as f2:
+            self.assertTrue(f1.read() == f2.read(), "bf16 checkpoints differ after resume")
+        hwaga(*self.base(c, "--steps", "4", "--lr", "2e-3"), check=True)
+        la, lc = [r["loss"] for r in losses(a)], [r["loss"] for r in losses(c)]
+        self.assertNotEqual(la, lc)
+        for x, y in zip(la, lc):  # the same run up to bf16 rounding
+            self.assertAlmostEqual(x, y, delta=2e-2 * abs(y))
+
     def test_sigterm_saves_and_resume_continues(self):
         w = self.work("term")
         proc = subprocess.Popen([HWAGA_BIN] + self.base(w, "--steps", "100000", "--lr", "1e-3"),
@@ -256,6 +274,7 @@ class TrainCli(unittest.TestCase):
             (self.base(w, "--steps", "1", tok="gpt2:x"), 2, "expected bpe16k:VOCAB.json,MERGES.txt or spm:VOCAB_SIZE"),
             (self.base(w, "--steps", "1", "--dropout", "1"), 2, "--dropout must be in [0, 1)"),
             (self.base(w, "--steps", "1", "--cfg-drop", "1"), 2, "--cfg-drop must be in [0, 1)"),
+            (self.base(w, "--steps", "1", "--matmul", "f16"), 2, "--matmul: expected f32 or bf16"),
             (self.base(w, "--steps", "1", "--cfg-drop", "-0.1"), 2, "--cfg-drop must be in [0, 1)"),
             (["train", "--work-dir", self.work("none"), "--resume"], 1, "there is no checkpoint"),
             ([a if a != self.shards else os.path.join(self.tmp, "missing-{0..3}.tar") for a in self.base(w, "--steps", "1")],

@@ -238,6 +238,7 @@ class TrainTokenizerCLI(unittest.TestCase):
             (["--export-only"], 1, "no checkpoint"),
             (["--shards", self.shards, "--config", self.cfg, "--steps", "1", "--disc-weight", "1"], 2, "needs --gan"),
             (["--shards", self.shards, "--config", self.cfg, "--steps", "1", "--lpips-weight", "1"], 2, "needs --lpips"),
+            (["--shards", self.shards, "--config", self.cfg, "--steps", "1", "--matmul", "tf32"], 2, "--matmul"),
             (["--shards", self.shards, "--config", self.cfg, "--steps", "1", "--lpips", os.path.join(t, "no-vgg.pth")],
              1, "no-vgg.pth"),
             (["--shards", self.shards, "--config", self.cfg, "--steps", "1", "--lpips", self.cfg], 1, "cfg.json"),

@@ -16,6 +16,9 @@
 // gives a real cosine to --steps); the default lr 4e-5 serves both (taming's VQGAN rule,
 // 4.5e-6 x batch, gives 3.6e-5 at batch 8).
 //
+// --matmul bf16 runs the convolutions' matrix products with bf16 inputs and f32 accumulation
+// (cpu::gemm_bf16); everything else stays f32.
+//
 // --lpips FILES adds the perceptual term (train/lpips.h) with --lpips-weight (1.0): VGG16's
 // features and LPIPS's heads from the user's weight files (nothing is downloaded).
 //
@@ -64,6 +67,8 @@
 #include "train/optim.h"
 #include "train/rqvae_trainer.h"
 #include "train/train_log.h"
+#include "train/transformer_ops.h"
+#include "kernels/cpu/gemm.h"
 #include "train/vqgan_trainer.h"
 
 namespace hwaga::cli {
@@ -87,6 +92,7 @@ struct TokOptions {
   bool gan = false;  // the patch-GAN term (train/patch_gan.h)
   std::string lpips;  // LPIPS weight files, comma-separated (train/lpips.h)
   double lpips_weight = 1.0;
+  std::string matmul = "f32";  // the convolutions' matrix products: f32 or bf16 (train/transformer_ops.h)
   PatchGanOptions disc;
   CLI::App* app = nullptr;
   bool given(const char* name) const { return app && app->count(name) > 0; }
@@ -372,6 +378,7 @@ int run_train_tokenizer(TokOptions opt) {
     opt.gan = o.value("gan", false);
     take("--lpips", "lpips", opt.lpips);
     take("--lpips-weight", "lpips_weight", opt.lpips_weight);
+    take("--matmul", "matmul", opt.matmul);
     if (opt.gan) {
       for (const char* f : {"--disc-layers", "--disc-ndf"})
         if (opt.given(f)) usage_fail(f, ": a resumed run keeps its discriminator (start a new --work-dir to change it)");
@@ -404,6 +411,11 @@ int run_train_tokenizer(TokOptions opt) {
     usage_fail("--save-every, --sample-every and --stop-after must be >= 0");
   if (opt.eval_count < 1 || opt.eval_count > 256) usage_fail("--eval-count must be in [1, 256], got ", opt.eval_count);
   if (opt.shuffle_buffer < 0) usage_fail("--shuffle-buffer must be >= 0, got ", opt.shuffle_buffer);
+  try {
+    set_matmul_precision(parse_matmul_precision(opt.matmul, "--matmul"));
+  } catch (const Error& e) {
+    usage_fail(e.what());
+  }
   if (opt.lpips.empty() && opt.given("--lpips-weight")) usage_fail("--lpips-weight needs --lpips FILES");
   if (!(opt.lpips_weight >= 0) || !std::isfinite(opt.lpips_weight))
     usage_fail("--lpips-weight must be a finite number >= 0, got ", opt.lpips_weight);
@@ -514,7 +526,7 @@ int run_train_tokenizer(TokOptions opt) {
       {"beta2", opt.beta2},         {"seed", opt.seed},             {"save_every", opt.save_every},
       {"sample_every", opt.sample_every}, {"eval_count", opt.eval_count}, {"shuffle_buffer", opt.shuffle_buffer},
       {"no_flip", opt.no_flip},     {"gan", opt.gan},               {"lpips", opt.lpips},
-      {"lpips_weight", opt.lpips_weight}};
+      {"lpips_weight", opt.lpips_weight}, {"matmul", opt.matmul}};
   nlohmann::json options_all = options;
   options_all.update(tr.loss_options());
   if (opt.gan)
@@ -552,6 +564,8 @@ int run_train_tokenizer(TokOptions opt) {
                                              {"shards", shards.size()},
                                              {"config", stage1_config_to_json(cfg)},
                                              {"options", options_all}});
+  if (matmul_precision() == MatmulPrecision::bf16)
+    say(std::string("matrix products in bf16 with f32 accumulation: ") + cpu::gemm_bf16_kernel_name());
   say(describe(cfg, tr.params().num_trainable()) + "; " + std::to_string(shards.size()) + " shard(s), batch " +
       std::to_string(opt.batch) + ", " + std::to_string(num_threads()) + " threads");
   if (start >= end) say("the checkpoint is already at step " + std::to_string(start) + " of " + std::to_string(opt.steps));
@@ -703,6 +717,9 @@ Command reg("train-tokenizer", "Train the image tokenizer (stage 1: an RQ-VAE or
   sub.add_flag("--gan", opt->gan,
                "add the patch-GAN term of the released recipe (hinge loss, adaptive weight; a discriminator "
                "trained alongside)");
+  sub.add_option("--matmul", opt->matmul,
+                 "precision of the convolutions' matrix products: f32 (default) or bf16 (f32 accumulation and "
+                 "master weights; uses AMX / AVX512-BF16 where the CPU has them)");
   sub.add_option("--lpips", opt->lpips,
                  "add the LPIPS perceptual term: VGG16 and LPIPS head weights, comma-separated files (e.g. "
                  "torchvision's vgg16-397923af.pth and taming's vgg.pth)");
