@@ -3,6 +3,7 @@
 
   tools/bench_train_stage2.py [--hwaga build/hwaga] [--threads 2] [--steps 20] [--batch 8]
                               [--embed-dim 256] [--body 4] [--head 2] [--heads 4] [--context 16]
+                              [--matmul f32|bf16]
 
 Both sides train the text RQ-Transformer of the given shape (codes 8x8x4 over the tiny stage-1
 model of tests/parity/torch_ref: K 64, E 32; text vocabulary 85) with the recipe of hwaga train:
@@ -10,8 +11,11 @@ loss 0.9 image CE + 0.1 text CE, backward, clip 1.0, AdamW, residual dropout 0 (
 reference has no dropout modules). hwaga's figure is the tokens/s of its progress line at the last
 step (the loop only: the code cache and the setup are not counted); PyTorch's is timed over the
 same number of steps after one warm-up step. Tokens = targets per step = B*(H*W*D + L_c - 1).
+--matmul bf16 runs hwaga with `--matmul bf16` and PyTorch's step under torch.autocast("cpu",
+bfloat16) (its linear layers in bf16 through oneDNN), so both sides do mixed-precision math.
 Prints both and the ratio. Not a test: one run on a shared machine, so expect noise.
 """
+import contextlib
 import argparse
 import os
 import re
@@ -26,7 +30,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "parity", "torch_ref"))
 import train_stage2_fixtures as fx  # noqa: E402
 
 
-def torch_tokens_per_s(cfg, batch, steps, threads):
+def torch_tokens_per_s(cfg, batch, steps, threads, matmul="f32"):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -47,7 +51,10 @@ def torch_tokens_per_s(cfg, batch, steps, threads):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        logits, cl = model(codes, text, codebook)
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if matmul == "bf16" else contextlib.nullcontext()
+        with ctx:
+            logits, cl = model(codes, text, codebook)
+        logits, cl = logits.float(), cl.float()
         loss = 0.9 * F.cross_entropy(logits.reshape(-1, K), codes.reshape(-1)) + \
             0.1 * F.cross_entropy(cl.reshape(-1, cl.shape[-1]), text[:, 1:].reshape(-1), ignore_index=0)
         loss.backward()
@@ -73,6 +80,7 @@ def main():
     ap.add_argument("--head", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--context", type=int, default=16)
+    ap.add_argument("--matmul", choices=["f32", "bf16"], default="f32")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="hwaga_bench_train_") as d:
         s1 = fx.make_stage1(os.path.join(d, "s1"))
@@ -85,14 +93,14 @@ def main():
         p = subprocess.run([a.hwaga, "train", "--tokenizer", s1, "--shards", os.path.join(d, "shards"), "--config", cfgp,
                             "--text-tokenizer", "bpe16k:%s,%s" % (vocab, merges), "--work-dir", os.path.join(d, "w"),
                             "--steps", str(a.steps + 1), "--batch", str(a.batch), "--dropout", "0",
-                            "--threads", str(a.threads)], capture_output=True, text=True)
+                            "--matmul", a.matmul, "--threads", str(a.threads)], capture_output=True, text=True)
         if p.returncode != 0:
             sys.exit("hwaga train failed:\n" + p.stderr)
         rates = re.findall(r"([0-9.]+) tok/s", p.stderr)
         hw = float(rates[-1])
-        pt = torch_tokens_per_s(cfg, a.batch, a.steps, a.threads)
-    print("model: C=%d, body %d + head %d layers, %d heads, codes 8x8x4, K 64, text %d x 85; batch %d; %d threads"
-          % (a.embed_dim, a.body, a.head, a.heads, a.context, a.batch, a.threads))
+        pt = torch_tokens_per_s(cfg, a.batch, a.steps, a.threads, a.matmul)
+    print("model: C=%d, body %d + head %d layers, %d heads, codes 8x8x4, K 64, text %d x 85; batch %d; %d threads; "
+          "matmul %s" % (a.embed_dim, a.body, a.head, a.heads, a.context, a.batch, a.threads, a.matmul))
     print("hwaga train:  %8.0f tokens/s" % hw)
     print("PyTorch %s: %8.0f tokens/s" % (__import__("torch").__version__, pt))
     print("ratio hwaga / PyTorch: %.2f" % (hw / pt))
