@@ -4,6 +4,7 @@
 #include <exception>
 
 #include "command.h"
+#include "commands/progress.h"
 #include "core/error.h"
 #include "core/threads.h"
 
@@ -29,6 +30,7 @@ void apply_common(const CommonOptions& opt) { set_num_threads(opt.threads); }
 
 int main(int argc, char** argv) {
   using namespace hwaga::cli;
+  start_signal_thread();  // before any thread: Ctrl-C and SIGTERM go to one waiting thread
   CLI::App app{"hwaga: text-to-image with RQ-Transformer and minDALL-E models"};
   app.require_subcommand(1);
   auto& reg = command_registry();

@@ -1,11 +1,13 @@
 #include "progress.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <thread>
 
 #include "core/error.h"
 
@@ -90,40 +92,67 @@ void ProgressBar::draw(bool final) {
 }
 
 // ---- interrupts ----
+//
+// No signal handler runs on a computing thread: start_signal_thread() blocks SIGINT and SIGTERM
+// in main before any other thread exists (so every thread inherits the block), and one thread
+// takes them with sigwait(). An asynchronous handler used to run on whichever thread the kernel
+// picked, in the middle of oneDNN's JIT kernels; about one SIGTERM in 40 during training then
+// corrupted the heap ("corrupted size vs. prev_size" in dnnl_sgemm's free), with or without the
+// changes of the day (reproduced with older builds).
 
 namespace {
 
 std::atomic<int> g_signal{0};
-struct sigaction g_old_int, g_old_term;
-bool g_installed = false;
+std::atomic<bool> g_guarded{false};
+std::atomic<bool> g_thread_started{false};
 
-extern "C" void on_signal(int sig) {
-  int expected = 0;
-  g_signal.compare_exchange_strong(expected, sig);
-  // The next signal takes the previous action (normally: terminate).
-  ::sigaction(SIGINT, &g_old_int, nullptr);
-  ::sigaction(SIGTERM, &g_old_term, nullptr);
+sigset_t interrupt_set() {
+  sigset_t s;
+  sigemptyset(&s);
+  sigaddset(&s, SIGINT);
+  sigaddset(&s, SIGTERM);
+  return s;
+}
+
+// The default action for `sig` (terminate), taken from the signal thread.
+[[noreturn]] void die_of(int sig) {
+  ::signal(sig, SIG_DFL);
+  sigset_t one;
+  sigemptyset(&one);
+  sigaddset(&one, sig);
+  ::pthread_sigmask(SIG_UNBLOCK, &one, nullptr);
+  ::raise(sig);
+  ::_exit(128 + sig);  // (not reached)
+}
+
+void signal_loop() {
+  const sigset_t set = interrupt_set();
+  for (;;) {
+    int sig = 0;
+    if (::sigwait(&set, &sig) != 0) continue;
+    int expected = 0;
+    // Guarded: the first signal becomes the flag; the next one (or any without a guard) ends
+    // the process as the default action would.
+    if (!g_guarded.load() || !g_signal.compare_exchange_strong(expected, sig)) die_of(sig);
+  }
 }
 
 }  // namespace
 
-InterruptGuard::InterruptGuard() {
-  g_signal = 0;
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = 0;
-  ::sigaction(SIGINT, &sa, &g_old_int);
-  ::sigaction(SIGTERM, &sa, &g_old_term);
-  g_installed = true;
+void start_signal_thread() {
+  if (g_thread_started.exchange(true)) return;
+  const sigset_t set = interrupt_set();
+  ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::thread(signal_loop).detach();
 }
 
-InterruptGuard::~InterruptGuard() {
-  if (!g_installed) return;
-  ::sigaction(SIGINT, &g_old_int, nullptr);
-  ::sigaction(SIGTERM, &g_old_term, nullptr);
-  g_installed = false;
+InterruptGuard::InterruptGuard() {
+  start_signal_thread();  // (main calls it first; this keeps other entry points, like tests, safe)
+  g_signal = 0;
+  g_guarded = true;
 }
+
+InterruptGuard::~InterruptGuard() { g_guarded = false; }
 
 bool interrupted() { return g_signal.load() != 0; }
 int interrupt_signal() { return g_signal.load(); }

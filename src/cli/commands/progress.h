@@ -47,8 +47,13 @@ class ProgressBar {
 // "0:07", "12:34", "1:02:03".
 std::string format_duration(double seconds);
 
+// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread started after it) and
+// starts the one thread that receives them with sigwait(). main() calls it before anything else;
+// without a live InterruptGuard a signal ends the process as its default action does.
+void start_signal_thread();
+
 // While one lives, SIGINT and SIGTERM set a flag instead of killing the process (the first one
-// only; the previous handlers come back then, so a second Ctrl-C kills). Not nestable.
+// only; a second Ctrl-C kills). Not nestable.
 class InterruptGuard {
  public:
   InterruptGuard();
