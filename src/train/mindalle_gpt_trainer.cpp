@@ -70,8 +70,9 @@ void MindalleGptTrainer::check_batch(const GptBatch& b) const {
 
 // ---------------------------------------------------------------- the model
 
-GptLoss MindalleGptTrainer::forward_backward(const GptBatch& batch, uint64_t dropout_seed, int64_t step) {
-  return run(batch, true, opt_.dropout, dropout_seed, step, nullptr, nullptr);
+GptLoss MindalleGptTrainer::forward_backward(const GptBatch& batch, uint64_t dropout_seed, int64_t step,
+                                             const LossNorm& norm) {
+  return run(batch, true, opt_.dropout, dropout_seed, step, nullptr, nullptr, norm);
 }
 
 GptLoss MindalleGptTrainer::evaluate(const GptBatch& batch, Tensor* logits, Tensor* text_logits) {
@@ -79,7 +80,7 @@ GptLoss MindalleGptTrainer::evaluate(const GptBatch& batch, Tensor* logits, Tens
 }
 
 GptLoss MindalleGptTrainer::run(const GptBatch& batch, bool backward, float dropout, uint64_t seed, int64_t step,
-                                Tensor* logits_out, Tensor* text_logits_out) {
+                                Tensor* logits_out, Tensor* text_logits_out, const LossNorm& norm) {
   check_batch(batch);
   const int64_t B = batch.codes.dim(0), C = cfg_.embed_dim, K = cfg_.vocab_size_img, V = cfg_.vocab_size_txt;
   const int64_t L = cfg_.ctx_len_txt, T = cfg_.ctx_len_img, S = L + T - 1, Tm = T - 1;
@@ -125,7 +126,7 @@ GptLoss MindalleGptTrainer::run(const GptBatch& batch, bool backward, float drop
   Tensor logits = Tensor::empty({NI, K});
   linear_fwd(Hi.f32(), head_img_->v(), nullptr, logits.f32(), NI, C, K);
   GptLoss res;
-  std::vector<float> wi(size_t(NI), 1.0f / float(NI));
+  std::vector<float> wi(size_t(NI), 1.0f / float(norm.image_targets > 0 ? norm.image_targets : NI));
   Tensor dlogits = backward ? Tensor::empty({NI, K}) : Tensor();
   res.image_loss = cross_entropy(logits.f32(), codes, wi.data(), backward ? dlogits.f32() : nullptr, opt_.image_weight,
                                  NI, K);
@@ -145,7 +146,8 @@ GptLoss MindalleGptTrainer::run(const GptBatch& batch, bool backward, float drop
     for (int64_t n = 0; n < NT; ++n)
       if (tgt[size_t(n)] != opt_.text_pad_id) res.text_targets++;
     for (int64_t n = 0; n < NT; ++n)
-      if (tgt[size_t(n)] != opt_.text_pad_id) wt[size_t(n)] = 1.0f / float(res.text_targets);
+      if (tgt[size_t(n)] != opt_.text_pad_id)
+        wt[size_t(n)] = 1.0f / float(norm.text_targets > 0 ? norm.text_targets : res.text_targets);
     Tensor tl = Tensor::empty({NT, V});
     linear_fwd(Ht.f32(), head_txt_->v(), nullptr, tl.f32(), NT, C, V);
     if (backward) dtxt = Tensor::empty({NT, V});

@@ -67,7 +67,7 @@ class MindalleGptTrainer {
 
   // One forward + backward: gradients are ADDED to params().grad (zero them first). Dropout
   // (options().dropout) with masks keyed by (dropout_seed, step).
-  GptLoss forward_backward(const GptBatch& batch, uint64_t dropout_seed, int64_t step);
+  GptLoss forward_backward(const GptBatch& batch, uint64_t dropout_seed, int64_t step, const LossNorm& norm = {});
 
   // Forward only, no dropout. logits: host f32 [B,h,w,1,K] (the inference model's
   // logits_teacher_forced); text_logits: [B,L-1,V]. Either may be null.
@@ -78,7 +78,7 @@ class MindalleGptTrainer {
 
  private:
   GptLoss run(const GptBatch& batch, bool backward, float dropout, uint64_t seed, int64_t step, Tensor* logits,
-              Tensor* text_logits);
+              Tensor* text_logits, const LossNorm& norm = {});
   void check_batch(const GptBatch& batch) const;
 
   MindalleGptConfig cfg_;

@@ -18,6 +18,16 @@ constexpr uint32_t kHeadSiteBase = 0x8000;  // dropout sites of the head stack s
 
 }  // namespace
 
+int64_t count_text_targets(const Tensor& text, int32_t pad_id) {
+  HWAGA_CHECK(text.dtype() == DType::I32 && text.ndim() == 2, "count_text_targets: int32 [B,L] ids expected, found ",
+              shape_str(text.shape()));
+  const int64_t B = text.dim(0), L = text.dim(1);
+  int64_t n = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 1; t < L; ++t) n += text.ptr<int32_t>()[b * L + t] != pad_id;
+  return n;
+}
+
 ParamKind stage2_param_kind(const std::string& name) {
   auto ends = [&](const char* e) {
     const size_t n = std::strlen(e);
@@ -125,8 +135,9 @@ void RqTransformerTrainer::check_batch(const RqBatch& b) const {
 
 // ---------------------------------------------------------------- the model
 
-RqLoss RqTransformerTrainer::forward_backward(const RqBatch& batch, uint64_t dropout_seed, int64_t step) {
-  return run(batch, true, opt_.dropout, dropout_seed, step, nullptr, nullptr);
+RqLoss RqTransformerTrainer::forward_backward(const RqBatch& batch, uint64_t dropout_seed, int64_t step,
+                                              const LossNorm& norm) {
+  return run(batch, true, opt_.dropout, dropout_seed, step, nullptr, nullptr, norm);
 }
 
 RqLoss RqTransformerTrainer::evaluate(const RqBatch& batch, Tensor* logits, Tensor* text_logits) {
@@ -134,7 +145,7 @@ RqLoss RqTransformerTrainer::evaluate(const RqBatch& batch, Tensor* logits, Tens
 }
 
 RqLoss RqTransformerTrainer::run(const RqBatch& batch, bool backward, float dropout, uint64_t seed, int64_t step,
-                                 Tensor* logits_out, Tensor* text_logits_out) {
+                                 Tensor* logits_out, Tensor* text_logits_out, const LossNorm& norm) {
   check_batch(batch);
   const int64_t B = batch.codes.dim(0), C = cfg_.embed_dim, E = cfg_.input_embed_dim, K = cfg_.vocab_size;
   const int64_t L = cfg_.block_size_cond, P = int64_t(cfg_.H()) * cfg_.W(), D = cfg_.D(), T = L + P - 1;
@@ -229,7 +240,7 @@ RqLoss RqTransformerTrainer::run(const RqBatch& batch, bool backward, float drop
   Tensor logits = Tensor::empty({NI, K});
   linear_fwd(cls_h.f32(), cls_w_->v(), cls_b_->v(), logits.f32(), NI, C, K);
   RqLoss res;
-  std::vector<float> wi(size_t(NI), 1.0f / float(NI));
+  std::vector<float> wi(size_t(NI), 1.0f / float(norm.image_targets > 0 ? norm.image_targets : NI));
   Tensor dlogits = backward ? Tensor::empty({NI, K}) : Tensor();
   res.image_loss = cross_entropy(logits.f32(), codes, wi.data(), backward ? dlogits.f32() : nullptr,
                                  opt_.image_weight, NI, K);
@@ -251,7 +262,8 @@ RqLoss RqTransformerTrainer::run(const RqBatch& batch, bool backward, float drop
     for (int64_t n = 0; n < NT; ++n)
       if (tgt[size_t(n)] != opt_.text_pad_id) res.text_targets++;
     for (int64_t n = 0; n < NT; ++n)
-      if (tgt[size_t(n)] != opt_.text_pad_id) wt[size_t(n)] = 1.0f / float(res.text_targets);
+      if (tgt[size_t(n)] != opt_.text_pad_id)
+        wt[size_t(n)] = 1.0f / float(norm.text_targets > 0 ? norm.text_targets : res.text_targets);
     txt_mean = Tensor::empty({NT});
     txt_rstd = Tensor::empty({NT});
     txt_h = Tensor::empty({NT, C});

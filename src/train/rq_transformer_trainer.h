@@ -48,6 +48,17 @@ struct RqLoss {
   int64_t text_targets = 0;
 };
 
+// The denominators of the two mean losses. Zero means "this batch's own count"; data-parallel
+// training (train/data_parallel.h) passes the counts of the whole global batch, so that each
+// rank's gradient is its share of the global mean and the shares add up to it.
+struct LossNorm {
+  int64_t image_targets = 0;
+  int64_t text_targets = 0;
+};
+
+// Non-PAD text targets of a batch (the text head predicts ids 1..L-1 of each row).
+int64_t count_text_targets(const Tensor& text, int32_t pad_id);
+
 class RqTransformerTrainer {
  public:
   // codebook: host f32 [K,E], rows [0,K) of the stage-1 codebook (copied). Parameters start at 0;
@@ -66,7 +77,7 @@ class RqTransformerTrainer {
 
   // One forward + backward over the batch: gradients are ADDED to params().grad (zero them
   // first). Dropout (options().dropout) with masks keyed by (dropout_seed, step).
-  RqLoss forward_backward(const RqBatch& batch, uint64_t dropout_seed, int64_t step);
+  RqLoss forward_backward(const RqBatch& batch, uint64_t dropout_seed, int64_t step, const LossNorm& norm = {});
 
   // Forward only, no dropout. logits: host f32 [B,H,W,D,K] (the inference model's
   // logits_teacher_forced); text_logits: [B,L-1,V] (text models). Either may be null.
@@ -77,7 +88,7 @@ class RqTransformerTrainer {
 
  private:
   RqLoss run(const RqBatch& batch, bool backward, float dropout, uint64_t seed, int64_t step, Tensor* logits,
-             Tensor* text_logits);
+             Tensor* text_logits, const LossNorm& norm = {});
   void check_batch(const RqBatch& batch) const;
 
   RqTransformerConfig cfg_;

@@ -4,6 +4,7 @@
 //             [--weight-decay 1e-4] [--dropout 0.1] [--clip 1.0] [--seed S]
 //             [--balance] [--cfg-drop P] [--save-every N] [--sample-every N --sample-prompt P ...] [--stop-after K]
 //             [--resume] [--export model.safetensors [--export-dtype f32|bf16|f16]] [--threads N]
+//             [--world W --rank R --dist-addr HOST:PORT [--dist-timeout S]]
 //
 // Trains the text-conditioned RQ-Transformer (stage 2, config type "rq-transformer") against a
 // frozen stage-1 RQ-VAE (architecture.md §2, §6.2), or minDALL-E's GPT (type "mindalle-gpt")
@@ -44,11 +45,19 @@
 // tokenizer start the run (in f32, whatever the file's dtype), and its stage 1 encodes the
 // shards unless --tokenizer names another stage-1 file with the same codebook shape.
 //
+// --world W --rank R --dist-addr HOST:PORT: data parallel (train/data_parallel.h). The same
+// command runs once per rank; every rank draws the same global batch and trains on its B/W rows,
+// its losses normalised by the global batch's target counts (LossNorm) so that the gradients
+// summed over the ranks are the global batch's; rank 0 alone encodes the code cache, trains a
+// SentencePiece tokenizer (and sends it), writes the log, checkpoints and samples. An interrupt
+// on any rank stops all of them after the same step (rank 0 saves; the others exit 130).
+//
 // Exit codes: 0 done, 1 error (files, data, a config that does not pair with the stage-1 model
 // or the tokenizer), 2 bad option value, 128+signal when interrupted (after saving).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -68,6 +77,7 @@
 #include "text/spm_tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/code_cache.h"
+#include "train/data_parallel.h"
 #include "train/mindalle_gpt_trainer.h"
 #include "train/optim.h"
 #include "train/rq_transformer_trainer.h"
@@ -100,11 +110,18 @@ struct TrainCliOptions {
   bool resume = false;
   bool balance = false;  // draw every json "group" equally often (train/code_cache.h)
   std::string dump_step;  // hidden: the first step's batch, losses and gradients (parity tests)
+  int world = 1, rank = 0;  // data parallel (train/data_parallel.h)
+  std::string dist_addr;
+  double dist_timeout = 1800;
   CLI::App* app = nullptr;
   bool given(const char* name) const { return app && app->count(name) > 0; }
 };
 
-void say(const std::string& s) { std::fprintf(stderr, "%s%s\n", kPrefix, s.c_str()); }
+bool g_quiet = false;  // ranks 1..W-1 of a data-parallel run leave the talking to rank 0
+
+void say(const std::string& s) {
+  if (!g_quiet) std::fprintf(stderr, "%s%s\n", kPrefix, s.c_str());
+}
 
 // ---- the two stage-2 trainers behind one face, so that the loop below is shared ----
 
@@ -112,7 +129,8 @@ struct Stage2Trainer {
   virtual ~Stage2Trainer() = default;
   virtual ParamSet& params() = 0;
   virtual void init_weights(uint64_t seed) = 0;
-  virtual RqLoss forward_backward(const RqBatch& b, uint64_t seed, int64_t step) = 0;
+  virtual RqLoss forward_backward(const RqBatch& b, uint64_t seed, int64_t step, const LossNorm& norm) = 0;
+  virtual int32_t text_pad_id() = 0;
   virtual int64_t targets_per_batch(int64_t B) const = 0;
 };
 
@@ -123,9 +141,10 @@ struct TrainerOf final : Stage2Trainer {
   explicit TrainerOf(A&&... a) : t(std::forward<A>(a)...) {}
   ParamSet& params() override { return t.params(); }
   void init_weights(uint64_t seed) override { t.init_weights(seed); }
-  RqLoss forward_backward(const RqBatch& b, uint64_t seed, int64_t step) override {
-    return t.forward_backward(b, seed, step);
+  RqLoss forward_backward(const RqBatch& b, uint64_t seed, int64_t step, const LossNorm& norm) override {
+    return t.forward_backward(b, seed, step, norm);
   }
+  int32_t text_pad_id() override { return t.options().text_pad_id; }
   int64_t targets_per_batch(int64_t B) const override { return t.targets_per_batch(B); }
 };
 
@@ -290,7 +309,26 @@ void write_samples(const TrainCliOptions& opt, const std::string& work, int64_t 
   }
 }
 
+// What every rank of a data-parallel run must agree on (rank 0 refuses a rank whose hash differs).
+uint64_t run_fingerprint(const TrainCliOptions& o) {
+  const nlohmann::json j = {o.tokenizer, o.shards,      o.config,  o.text_tokenizer, o.work_dir,   o.init,
+                            o.context,   o.steps,       o.stop_after, o.save_every,  o.sample_every, o.batch,
+                            o.lr,        o.min_lr,      o.weight_decay, o.dropout,   o.clip,       o.cfg_drop,
+                            o.matmul,    o.warmup,      o.seed,    o.sample_prompts, o.resume,     o.balance,
+                            o.world,     software_string()};
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char c : j.dump()) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+// Rows [r*B/W, (r+1)*B/W) of a global batch: what rank r of W trains on.
+RqBatch rank_rows(const RqBatch& full, int rank, int world) {
+  const int64_t B = full.codes.dim(0), n = B / world;
+  return RqBatch{full.text.slice0(rank * n, (rank + 1) * n).clone(), full.codes.slice0(rank * n, (rank + 1) * n).clone()};
+}
+
 int run_train(TrainCliOptions opt) {
+  g_quiet = false;
   // ---- option values that can never work ----
   if (opt.work_dir.empty()) usage_fail("--work-dir is required");
   const std::string work = opt.work_dir;
@@ -380,10 +418,41 @@ int run_train(TrainCliOptions opt) {
   if (!opt.resume && opt.init.empty()) tspec = parse_text_tokenizer(opt.text_tokenizer);
   if (opt.resume && !opt.init.empty()) usage_fail("--init starts a new run; --resume continues one (not both)");
   if (opt.context < 0) usage_fail("--context must be positive, got ", opt.context);
+  if (opt.world < 1) usage_fail("--world must be at least 1, got ", opt.world);
+  if (opt.rank < 0 || opt.rank >= opt.world)
+    usage_fail("--rank ", opt.rank, " is outside 0..", opt.world - 1, " (--world ", opt.world, ")");
+  if (opt.world > 1) {
+    if (opt.dist_addr.empty()) usage_fail("--world ", opt.world, " needs --dist-addr HOST:PORT (where rank 0 listens)");
+    try {
+      parse_dist_addr(opt.dist_addr, "--dist-addr");
+    } catch (const Error& e) {
+      usage_fail(e.what());
+    }
+    if (opt.batch % opt.world != 0)
+      usage_fail("--batch ", opt.batch, " is not a multiple of --world ", opt.world,
+                 " (each rank trains on batch/world rows of every global batch)");
+    if (!(opt.dist_timeout > 0)) usage_fail("--dist-timeout must be positive, got ", opt.dist_timeout);
+  }
 
   if (opt.common.device == "auto") opt.common.device = "cpu";  // training runs on the CPU
   auto be = select_backend(opt.common);
   fs::create_directories(work);
+
+  // ---- data parallel: rank 0 listens, the other ranks connect (nothing when --world 1) ----
+  DataParallelOptions dpo;
+  dpo.rank = opt.rank;
+  dpo.world = opt.world;
+  dpo.addr = opt.dist_addr;
+  dpo.timeout_s = opt.dist_timeout;
+  DataParallel dp(dpo, run_fingerprint(opt));
+  if (dp.world() > 1) {
+    say(dp.leader() ? "data parallel: rank 0 of " + std::to_string(dp.world()) + " at " + opt.dist_addr + ", " +
+                          std::to_string(opt.batch / dp.world()) + " of each batch's " + std::to_string(opt.batch) +
+                          " rows per rank"
+                    : "data parallel: rank " + std::to_string(dp.rank()) + " of " + std::to_string(dp.world()) +
+                          " connected to " + opt.dist_addr + " (rank 0 reports progress)");
+    g_quiet = !dp.leader();
+  }
 
   // ---- stage 1 ----
   std::string s1path = opt.tokenizer;
@@ -448,8 +517,10 @@ int run_train(TrainCliOptions opt) {
   co.shards = shards;
   co.log = [](const std::string& s) { say(s); };
   co.check_interrupt = [] { throw_if_interrupted(); };
+  if (!dp.leader()) dp.barrier();  // rank 0 encodes the shards into the shared cache first
   const CodeCache cache =
       load_or_build_code_cache((fs::path(work) / "codes.safetensors").string(), co, s1fp, *stage1);
+  if (dp.leader()) dp.barrier();
 
   // ---- text tokenizer ----
   std::unique_ptr<TextTokenizer> tok;
@@ -470,7 +541,13 @@ int run_train(TrainCliOptions opt) {
     const int context = opt.context > 0 ? opt.context : cfg.text_length();
     if (context < 2)
       fail(opt.config, ": --context ", context, ": hwaga train trains text-conditioned models (a context > 1)");
-    tok = make_text_tokenizer(tspec, context, cache);
+    // a SentencePiece vocabulary is trained by rank 0 and sent to the others
+    if (dp.leader() || tspec.kind != "spm") tok = make_text_tokenizer(tspec, context, cache);
+    if (dp.world() > 1 && tspec.kind == "spm") {
+      std::string j = dp.leader() ? tok->to_json() : std::string();
+      dp.broadcast(j);
+      if (!dp.leader()) tok = text_tokenizer_from_json_text(j, "rank 0's text tokenizer");
+    }
     text.tokenizer = tspec.kind;
     text.context_length = context;
   }
@@ -510,6 +587,7 @@ int run_train(TrainCliOptions opt) {
   } else {
     tr.init_weights(opt.seed);
   }
+  for (auto& p : tr.params().all()) dp.broadcast(p->v(), p->numel());  // every rank starts from rank 0's
   LrSchedule sched;
   sched.lr = float(opt.lr);
   sched.min_lr = float(opt.min_lr);
@@ -556,9 +634,10 @@ int run_train(TrainCliOptions opt) {
     save_checkpoint(ckpt_path, tr.params(), &adam, {}, meta);
   };
 
-  TrainLog log((fs::path(work) / "train.jsonl").string(), opt.resume ? start : -1);
+  TrainLog log(dp.leader() ? (fs::path(work) / "train.jsonl").string() : std::string(), opt.resume ? start : -1);
   log.event(opt.resume ? "resume" : "start",
             {{"step", start},
+             {"world", dp.world()},
              {"params", tr.params().num_trainable()},
              {"samples", cache.size()},
              {"captions", cache.num_captions()},
@@ -574,12 +653,44 @@ int run_train(TrainCliOptions opt) {
   const double tokens_per_step = double(tr.targets_per_batch(opt.batch));
   int64_t step = start;
   int64_t last_saved = opt.resume ? start : -1;
+  // data parallel: one buffer for the gradients, the losses and an "interrupted" flag, summed over
+  // the ranks after each backward pass; each rank's losses are its share of the global means
+  // (LossNorm), so the sums are the global batch's. Dropout masks differ per rank (the seed is
+  // offset by the rank).
+  const int W = dp.world();
+  std::vector<float> gbuf(W > 1 ? size_t(tr.params().num_trainable()) : 0);
+  const uint64_t dropout_seed = opt.seed + uint64_t(dp.rank()) * 0x9E3779B97F4A7C15ull;
+  bool peer_stopped = false;
   for (; step < end; ++step) {
-    RqBatch b = batcher.batch(step, opt.batch);
+    const RqBatch full = batcher.batch(step, opt.batch);
+    const RqBatch b = W > 1 ? rank_rows(full, dp.rank(), W) : full;
+    LossNorm norm;
+    if (W > 1) norm = {full.codes.numel(), count_text_targets(full.text, tr.text_pad_id())};
     tr.params().zero_grad();
-    const RqLoss l = tr.forward_backward(b, opt.seed, step);
-    if (!opt.dump_step.empty() && step == start) {
-      TensorMap dump = {{"text", b.text}, {"codes", b.codes}};
+    RqLoss l = tr.forward_backward(b, dropout_seed, step, norm);
+    bool stop = interrupted();
+    if (W > 1) {
+      int64_t o = 0;
+      for (auto& p : tr.params().all())
+        if (p->grad.defined()) {
+          std::memcpy(gbuf.data() + o, p->g(), size_t(p->numel()) * sizeof(float));
+          o += p->numel();
+        }
+      dp.all_reduce_sum(gbuf.data(), o);
+      o = 0;
+      for (auto& p : tr.params().all())
+        if (p->grad.defined()) {
+          std::memcpy(p->g(), gbuf.data() + o, size_t(p->numel()) * sizeof(float));
+          o += p->numel();
+        }
+      double stats[4] = {l.loss, l.image_loss, l.text_loss, stop ? 1.0 : 0.0};
+      dp.all_reduce_sum(stats, 4);
+      l.loss = stats[0], l.image_loss = stats[1], l.text_loss = stats[2];
+      peer_stopped = stats[3] > 0 && !stop;
+      stop = stats[3] > 0;
+    }
+    if (!opt.dump_step.empty() && step == start && dp.leader()) {
+      TensorMap dump = {{"text", full.text}, {"codes", full.codes}};
       Tensor lv = Tensor::empty({3});
       lv.f32()[0] = float(l.loss), lv.f32()[1] = float(l.image_loss), lv.f32()[2] = float(l.text_loss);
       dump["loss"] = lv;
@@ -598,12 +709,13 @@ int run_train(TrainCliOptions opt) {
               {"epoch", batcher.epoch_of(step * opt.batch)}});
     char extra[96];
     std::snprintf(extra, sizeof extra, "text %.3f  img %.3f", l.text_loss, l.image_loss);
-    progress.update(step, l.loss, lr, tokens_per_step, extra);
+    if (dp.leader()) progress.update(step, l.loss, lr, tokens_per_step, extra);
     const int64_t done = step + 1;
-    if (interrupted()) {
+    if (stop) {
       ++step;
       break;
     }
+    if (!dp.leader()) continue;  // rank 0 writes the checkpoints and samples
     if (opt.save_every > 0 && done % opt.save_every == 0 && done < end) {
       save(done);
       last_saved = done;
@@ -614,10 +726,25 @@ int run_train(TrainCliOptions opt) {
       log.event("sample", {{"step", done}, {"prompts", opt.sample_prompts.size()}});
     }
   }
-  progress.finish();
+  if (dp.leader()) progress.finish();
+  if (!dp.leader()) {
+    if (interrupted()) return 128 + interrupt_signal();
+    if (peer_stopped) {
+      std::fprintf(stderr, "%sstopped at step %lld with the other ranks (one was interrupted); rank 0 saves\n",
+                   kPrefix, (long long)step);
+      return 130;
+    }
+    return 0;
+  }
   if (step != last_saved) {
     save(step);
     log.event("checkpoint", {{"step", step}, {"path", ckpt_path}});
+  }
+  if (peer_stopped && !interrupted()) {
+    say("another rank was interrupted at step " + std::to_string(step) + "; saved " + ckpt_path +
+        " (continue with --resume)");
+    log.event("end", {{"step", step}, {"interrupted", true}});
+    return 130;
   }
   if (interrupted()) {
     say("interrupted at step " + std::to_string(step) + "; saved " + ckpt_path + " (continue with --resume)");
@@ -669,6 +796,14 @@ Command reg("train", "Train the text-to-image transformer (stage 2) on tar shard
   sub.add_option("--export", opt->export_path, "write a model file for hwaga generate at the end");
   sub.add_option("--export-dtype", opt->export_dtype, "stage-2 dtype of --export: f32, bf16 or f16 (default f32)");
   sub.add_option("--dump-step", opt->dump_step, "")->group("");  // tests: the first step's gradients
+  sub.add_option("--world", opt->world,
+                 "data parallel: the number of processes (ranks) training together (default 1); each takes "
+                 "batch/world rows of every batch and the gradients are summed over TCP");
+  sub.add_option("--rank", opt->rank, "data parallel: this process's rank, 0..world-1 (rank 0 writes the work dir)");
+  sub.add_option("--dist-addr", opt->dist_addr,
+                 "data parallel: HOST:PORT where rank 0 listens and the other ranks connect");
+  sub.add_option("--dist-timeout", opt->dist_timeout,
+                 "data parallel: seconds to wait for a rank (default 1800; rank 0 may be encoding the shards)");
   add_common_options(sub, opt->common);
   return [opt] { return run_with_exit_codes(kPrefix, [&] { return run_train(*opt); }); };
 });

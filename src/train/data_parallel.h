@@ -1,0 +1,68 @@
+// Data-parallel training over TCP: W processes (ranks) each run the same training loop on their
+// own slice of every global batch; after each backward pass the gradients are summed over the
+// ranks, so that every rank takes the same optimizer step and the parameters stay identical.
+//
+// Topology: a star around rank 0. Rank 0 listens on --dist-addr HOST:PORT, ranks 1..W-1 connect
+// to it (retrying until the timeout while rank 0 starts). A sum is gathered at rank 0, added in
+// rank order (0, 1, ..., W-1, so the result is deterministic for a given W) and sent back, so every
+// rank holds the same bytes. That suits a few CPU machines or processes; its cost grows with W.
+//
+// The first message of each connection carries a fingerprint of the run's settings (the caller's
+// hash of options, data and model); rank 0 refuses a rank whose fingerprint, world size or rank
+// does not fit, and the refused rank reports rank 0's reason.
+//
+// A peer that closes its connection or stays silent past the timeout makes the call throw
+// hwaga::Error naming the rank. Signals are not handled here: the training loop sums an
+// "interrupted" flag with the gradients, so that all ranks stop at the same step.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace hwaga::train {
+
+struct DataParallelOptions {
+  int rank = 0;
+  int world = 1;
+  std::string addr;          // HOST:PORT of rank 0 (needed when world > 1)
+  double timeout_s = 1800;   // longest wait for a peer (rank 0 may be encoding the code cache)
+};
+
+// Parses "HOST:PORT" (HOST a name or IPv4 address; PORT 1..65535); throws naming `what`.
+std::pair<std::string, int> parse_dist_addr(const std::string& s, const std::string& what);
+
+class DataParallel {
+ public:
+  // Connects the ranks (nothing to do when world == 1). Throws on a bad rank/world, when the
+  // address cannot be bound or reached, or when a rank's fingerprint differs from rank 0's.
+  DataParallel(const DataParallelOptions& opt, uint64_t fingerprint);
+  ~DataParallel();
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
+
+  int rank() const { return opt_.rank; }
+  int world() const { return opt_.world; }
+  bool leader() const { return opt_.rank == 0; }
+
+  // x <- the sum of every rank's x (same n on all ranks), identical bytes on every rank.
+  void all_reduce_sum(float* x, int64_t n);
+  void all_reduce_sum(double* x, int64_t n);
+  // x <- rank 0's x.
+  void broadcast(float* x, int64_t n);
+  void broadcast(std::string& s);
+  // Returns when every rank has called it.
+  void barrier();
+
+ private:
+  template <class T>
+  void reduce_impl(T* x, int64_t n);
+  void send_all(int fd, const void* p, size_t n, int peer);
+  void recv_all(int fd, void* p, size_t n, int peer);
+  void wait_fd(int fd, short events, int peer);
+
+  DataParallelOptions opt_;
+  std::vector<int> peers_;  // rank 0: fds of ranks 1..W-1 (index r-1); others: [fd of rank 0]
+  std::vector<char> scratch_;
+};
+
+}  // namespace hwaga::train
