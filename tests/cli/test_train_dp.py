@@ -34,6 +34,7 @@ from hwaga_testlib import HWAGA_BIN, TORCH_REF, hwaga, main  # noqa: E402
 sys.path.insert(0, TORCH_REF)
 import train_stage2_fixtures as fx  # noqa: E402
 import train_gpt_ref as gx  # noqa: E402
+from test_train import losses  # noqa: E402
 
 
 def free_port():
@@ -42,9 +43,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-def losses(work):
-    with open(os.path.join(work, "train.jsonl")) as f:
-        return [json.loads(l) for l in f if l.strip() and '"loss"' in l]
 
 
 class TrainDataParallel(unittest.TestCase):
@@ -81,6 +79,18 @@ class TrainDataParallel(unittest.TestCase):
             o, e = p.communicate(timeout=timeout)
             out.append((p.returncode, o, e))
         return out
+
+    def start_long_run(self, w):
+        """Two ranks of an endless run, returned once rank 0 has logged 2 steps."""
+        addr = "127.0.0.1:%d" % free_port()
+        args = self.dp_args(w, "--steps", "100000")
+        procs = [subprocess.Popen([HWAGA_BIN] + args(r, addr), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for r in range(2)]
+        log = os.path.join(w, "train.jsonl")
+        deadline = time.time() + 120
+        while time.time() < deadline and not (os.path.exists(log) and len(losses(w)) >= 2):
+            time.sleep(0.05)
+        return procs
 
     def dp_args(self, work, *extra, world=2):
         return lambda r, addr: self.base(work, *extra) + ["--world", str(world), "--rank", str(r),
@@ -160,14 +170,7 @@ class TrainDataParallel(unittest.TestCase):
 
     def test_sigterm_to_one_rank_stops_both_and_rank0_saves(self):
         w = self.work("term")
-        addr = "127.0.0.1:%d" % free_port()
-        args = self.dp_args(w, "--steps", "100000")
-        procs = [subprocess.Popen([HWAGA_BIN] + args(r, addr), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for r in range(2)]
-        log = os.path.join(w, "train.jsonl")
-        deadline = time.time() + 120
-        while time.time() < deadline and not (os.path.exists(log) and len(losses(w)) >= 2):
-            time.sleep(0.05)
+        procs = self.start_long_run(w)
         procs[1].send_signal(signal.SIGTERM)
         out = [p.communicate(timeout=120) for p in procs]
         self.assertEqual(procs[1].returncode, 143, out[1][1])
@@ -184,14 +187,7 @@ class TrainDataParallel(unittest.TestCase):
 
     def test_a_killed_rank_is_named(self):
         w = self.work("kill")
-        addr = "127.0.0.1:%d" % free_port()
-        args = self.dp_args(w, "--steps", "100000")
-        procs = [subprocess.Popen([HWAGA_BIN] + args(r, addr), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for r in range(2)]
-        log = os.path.join(w, "train.jsonl")
-        deadline = time.time() + 120
-        while time.time() < deadline and not (os.path.exists(log) and len(losses(w)) >= 2):
-            time.sleep(0.05)
+        procs = self.start_long_run(w)
         procs[1].kill()
         _, err = procs[0].communicate(timeout=120)
         procs[1].communicate(timeout=60)
