@@ -40,10 +40,13 @@ def losses(work):
         return [json.loads(l) for l in f if l.strip() and '"loss"' in l]
 
 
-class TrainCli(unittest.TestCase):
+class Stage2Fixture(unittest.TestCase):
+    """The tiny stage-1 file, shards, config and CharBPE files, made once per test class."""
+    PREFIX = "hwaga_train_cli_"
+
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="hwaga_train_cli_")
+        cls.tmp = tempfile.mkdtemp(prefix=cls.PREFIX)
         d = cls.tmp
         cls.s1 = fx.make_stage1(os.path.join(d, "s1"))
         cls.shards = os.path.join(d, "shards")
@@ -59,6 +62,8 @@ class TrainCli(unittest.TestCase):
     def work(self, name):
         return os.path.join(self.tmp, name)
 
+
+class TrainCli(Stage2Fixture):
     def base(self, work, *extra, cfg=None, tok=None):
         return ["train", "--tokenizer", self.s1, "--shards", self.shards, "--config", cfg or self.cfg,
                 "--text-tokenizer", tok or self.bpe, "--work-dir", work, "--batch", "4", "--threads", "2"] + list(extra)

@@ -17,14 +17,11 @@ Checks:
 """
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-import unittest
 
 import numpy as np
 
@@ -34,7 +31,7 @@ from hwaga_testlib import HWAGA_BIN, TORCH_REF, hwaga, main  # noqa: E402
 sys.path.insert(0, TORCH_REF)
 import train_stage2_fixtures as fx  # noqa: E402
 import train_gpt_ref as gx  # noqa: E402
-from test_train import losses  # noqa: E402
+from test_train import Stage2Fixture, losses  # noqa: E402
 
 
 def free_port():
@@ -45,24 +42,8 @@ def free_port():
 
 
 
-class TrainDataParallel(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="hwaga_train_dp_")
-        d = cls.tmp
-        cls.s1 = fx.make_stage1(os.path.join(d, "s1"))
-        cls.shards = os.path.join(d, "shards")
-        fx.make_shards(cls.shards)
-        cls.cfg = fx.write_config(os.path.join(d, "cfg.json"))
-        vocab, merges = fx.write_vocab(os.path.join(d, "tok"))
-        cls.bpe = "bpe16k:%s,%s" % (vocab, merges)
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    def work(self, name):
-        return os.path.join(self.tmp, name)
+class TrainDataParallel(Stage2Fixture):
+    PREFIX = "hwaga_train_dp_"
 
     def base(self, work, *extra):
         return ["train", "--tokenizer", self.s1, "--shards", self.shards, "--config", self.cfg,
