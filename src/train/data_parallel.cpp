@@ -19,6 +19,7 @@ namespace hwaga::train {
 namespace {
 
 constexpr char kMagic[8] = {'H', 'W', 'A', 'G', 'A', 'D', 'P', '1'};
+constexpr double kGreetingTimeout = 10;  // seconds a new connection has to introduce itself
 
 struct Hello {  // the first message of a rank to rank 0 (host byte order: same-architecture machines)
   char magic[8];
@@ -116,9 +117,9 @@ DataParallel::DataParallel(const DataParallelOptions& opt, uint64_t fingerprint)
       set_nodelay(fd);
       Hello h{};
       try {
-        recv_all(fd, &h, sizeof h, -1);
+        recv_all(fd, &h, sizeof h, -1, kGreetingTimeout);
       } catch (const Error&) {
-        close(fd);  // not a rank (a port scan, a closed connection): keep waiting
+        close(fd);  // not a rank (a port scan, a closed or silent connection): keep waiting
         continue;
       }
       std::string refusal;
@@ -201,22 +202,23 @@ DataParallel::~DataParallel() {
     if (fd >= 0) close(fd);
 }
 
-void DataParallel::wait_fd(int fd, short events, int peer) {
-  const double deadline = now_s() + opt_.timeout_s;
+void DataParallel::wait_fd(int fd, short events, int peer, double timeout_s) {
+  const double limit = timeout_s < 0 ? opt_.timeout_s : timeout_s;
+  const double deadline = now_s() + limit;
   for (;;) {
     pollfd p{fd, events, 0};
     const int rc = poll(&p, 1, 1000);
     if (rc > 0) return;  // ready, or an error/hang-up the next read/write reports
     if (rc < 0 && errno != EINTR) fail("data parallel: poll failed (", std::strerror(errno), ")");
     if (now_s() > deadline)
-      fail("data parallel: rank ", peer, " did not answer within ", opt_.timeout_s, " s (--dist-timeout)");
+      fail("data parallel: rank ", peer, " did not answer within ", limit, " s (--dist-timeout)");
   }
 }
 
-void DataParallel::send_all(int fd, const void* p, size_t n, int peer) {
+void DataParallel::send_all(int fd, const void* p, size_t n, int peer, double timeout_s) {
   const char* c = static_cast<const char*>(p);
   while (n > 0) {
-    wait_fd(fd, POLLOUT, peer);
+    wait_fd(fd, POLLOUT, peer, timeout_s);
     const ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
     if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (k <= 0) fail("data parallel: rank ", peer, " is gone (send: ", std::strerror(errno), ")");
@@ -225,10 +227,10 @@ void DataParallel::send_all(int fd, const void* p, size_t n, int peer) {
   }
 }
 
-void DataParallel::recv_all(int fd, void* p, size_t n, int peer) {
+void DataParallel::recv_all(int fd, void* p, size_t n, int peer, double timeout_s) {
   char* c = static_cast<char*>(p);
   while (n > 0) {
-    wait_fd(fd, POLLIN, peer);
+    wait_fd(fd, POLLIN, peer, timeout_s);
     const ssize_t k = recv(fd, c, n, 0);
     if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (k == 0) fail("data parallel: rank ", peer, " closed its connection (it stopped or failed)");

@@ -56,9 +56,10 @@ class DataParallel {
  private:
   template <class T>
   void reduce_impl(T* x, int64_t n);
-  void send_all(int fd, const void* p, size_t n, int peer);
-  void recv_all(int fd, void* p, size_t n, int peer);
-  void wait_fd(int fd, short events, int peer);
+  // timeout_s < 0: the options' timeout
+  void send_all(int fd, const void* p, size_t n, int peer, double timeout_s = -1);
+  void recv_all(int fd, void* p, size_t n, int peer, double timeout_s = -1);
+  void wait_fd(int fd, short events, int peer, double timeout_s);
 
   DataParallelOptions opt_;
   std::vector<int> peers_;  // rank 0: fds of ranks 1..W-1 (index r-1); others: [fd of rank 0]

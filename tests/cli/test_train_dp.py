@@ -12,7 +12,8 @@ Checks:
 - SIGTERM to rank 1 stops both ranks at the same step: rank 0 saves and exits 130, rank 1 exits
   143, and the run resumes;
 - a rank killed outright makes rank 0 exit 1 naming it;
-- a rank started with other settings is refused, with the reason on both sides;
+- a rank started with other settings is refused, with the reason on both sides; a connection
+  that is not a rank is turned away and the run goes on;
 - bad --world/--rank/--dist-addr/--batch values exit 2 with a message.
 """
 import json
@@ -174,6 +175,27 @@ class TrainDataParallel(Stage2Fixture):
         procs[1].communicate(timeout=60)
         self.assertEqual(procs[0].returncode, 1, err)
         self.assertIn("rank 1", err)
+
+    def test_a_stranger_on_the_port_is_turned_away(self):
+        w = self.work("stranger")
+        addr = "127.0.0.1:%d" % free_port()
+        args = self.dp_args(w, "--steps", "2")
+        rank0 = subprocess.Popen([HWAGA_BIN] + args(0, addr), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        deadline = time.time() + 60
+        while True:  # once rank 0 listens: a connection with a wrong greeting
+            try:
+                with socket.create_connection(("127.0.0.1", int(addr.split(":")[1])), timeout=5) as c:
+                    c.sendall(b"GET / HTTP/1.0\r\n\r\n" + bytes(8))
+                    c.recv(64)  # rank 0 answers with a refusal and closes
+                break
+            except OSError:
+                self.assertLess(time.time(), deadline, "rank 0 never listened")
+                time.sleep(0.05)
+        rank1 = subprocess.run([HWAGA_BIN] + args(1, addr), capture_output=True, text=True, timeout=120)
+        _, err = rank0.communicate(timeout=120)
+        self.assertEqual((rank0.returncode, rank1.returncode), (0, 0), err + rank1.stderr)
+        self.assertEqual(losses(w)[-1]["step"], 2)
 
     def test_other_settings_are_refused(self):
         w = self.work("mismatch")
