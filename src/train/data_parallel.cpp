@@ -261,6 +261,40 @@ void DataParallel::reduce_impl(T* x, int64_t n) {
 void DataParallel::all_reduce_sum(float* x, int64_t n) { reduce_impl(x, n); }
 void DataParallel::all_reduce_sum(double* x, int64_t n) { reduce_impl(x, n); }
 
+void DataParallel::all_reduce_grads(ParamSet& ps, float scale, double* extra, int64_t n_extra) {
+  if (opt_.world == 1) return;
+  int64_t total = 0;
+  for (auto& p : ps.all())
+    if (p->grad.defined()) total += p->numel();
+  grads_.resize(size_t(total));
+  int64_t o = 0;
+  for (auto& p : ps.all())
+    if (p->grad.defined()) {
+      std::memcpy(grads_.data() + o, p->g(), size_t(p->numel()) * sizeof(float));
+      o += p->numel();
+    }
+  reduce_impl(grads_.data(), o);
+  if (n_extra > 0) reduce_impl(extra, n_extra);
+  o = 0;
+  for (auto& p : ps.all())
+    if (p->grad.defined()) {
+      float* g = p->g();
+      for (int64_t i = 0; i < p->numel(); ++i) g[i] = grads_[size_t(o + i)] * scale;
+      o += p->numel();
+    }
+}
+
+void DataParallel::gather(const float* x, int64_t n, std::vector<float>* out) {
+  const size_t bytes = size_t(n) * sizeof(float);
+  if (leader()) {
+    out->resize(size_t(n) * size_t(opt_.world));
+    std::memcpy(out->data(), x, bytes);
+    for (int r = 1; r < opt_.world; ++r) recv_all(peers_[size_t(r - 1)], out->data() + size_t(r) * size_t(n), bytes, r);
+  } else {
+    send_all(peers_[0], x, bytes, 0);
+  }
+}
+
 void DataParallel::broadcast(float* x, int64_t n) {
   if (opt_.world == 1 || n == 0) return;
   const size_t bytes = size_t(n) * sizeof(float);

@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "train/param.h"
+
 namespace hwaga::train {
 
 struct DataParallelOptions {
@@ -47,6 +49,11 @@ class DataParallel {
   // x <- the sum of every rank's x (same n on all ranks), identical bytes on every rank.
   void all_reduce_sum(float* x, int64_t n);
   void all_reduce_sum(double* x, int64_t n);
+  // Every gradient of `ps` <- scale x its sum over the ranks (one message for all of them).
+  // `extra` (n_extra values, e.g. losses and flags) rides along and is summed unscaled.
+  void all_reduce_grads(ParamSet& ps, float scale, double* extra = nullptr, int64_t n_extra = 0);
+  // Rank 0: out <- every rank's x (n values each) in rank order; the others send theirs.
+  void gather(const float* x, int64_t n, std::vector<float>* out);
   // x <- rank 0's x.
   void broadcast(float* x, int64_t n);
   void broadcast(std::string& s);
@@ -64,6 +71,7 @@ class DataParallel {
   DataParallelOptions opt_;
   std::vector<int> peers_;  // rank 0: fds of ranks 1..W-1 (index r-1); others: [fd of rank 0]
   std::vector<char> scratch_;
+  std::vector<float> grads_;
 };
 
 }  // namespace hwaga::train

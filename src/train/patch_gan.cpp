@@ -216,11 +216,16 @@ void AdversarialLoss::discriminator_step(const Tensor& real, const Tensor& fake,
   const double lf = half(fake, 1.0f, st.logits_fake);
   const double lr_ = half(real, -1.0f, st.logits_real);
   st.loss_disc = lf + lr_;
+  const bool dist = dp_ && dp_->world() > 1;
+  if (dist) dp_->all_reduce_grads(ps, 1.0f / float(dp_->world()));
   ps.clip_grad_norm(0.0f);  // the NaN/inf check
   if (dump)
     for (auto& p : ps.all())
       if (p->grad.defined()) (*dump)["disc.grad." + p->name] = p->grad.clone();
   adam_.step(ps, lr);
+  if (dist)
+    for (auto& p : ps.all())
+      if (p->kind == ParamKind::buffer) dp_->broadcast(p->v(), p->numel());
   if (dump)
     for (auto& p : ps.all()) (*dump)["disc.after." + p->name] = p->value.clone();
 }

@@ -30,6 +30,7 @@
 
 #include "core/tensor.h"
 #include "core/tensor_map.h"
+#include "train/data_parallel.h"
 #include "train/optim.h"
 #include "train/param.h"
 #include "train/taming_train.h"
@@ -100,10 +101,16 @@ class AdversarialLoss {
   void save(TensorMap& out) const;
   void load(const TensorMap& in, int64_t optimizer_steps, const std::string& source);
 
+  // Data parallel: the discriminator's gradients are averaged over the ranks before its step,
+  // and its running statistics are rank 0's after it (as DDP's broadcast_buffers). The
+  // generator half's adaptive weight stays each rank's own, as in DDP.
+  void set_data_parallel(DataParallel* dp) { dp_ = dp; }
+
  private:
   PatchGanOptions opt_;
   PatchDiscriminator d_;
   AdamW adam_;
+  DataParallel* dp_ = nullptr;
 };
 
 }  // namespace hwaga::train

@@ -85,6 +85,8 @@ void RqvaeTrainer::quantize_train(const float* z, int64_t N, uint64_t step_seed,
   last_restart_.clear();
   double commit = 0;
   const float keep = opt_.decay, add = float(1.0 - double(opt_.decay));
+  const bool dist = dp_ && dp_->world() > 1;
+  std::vector<float> all_r;  // rank 0 of a data-parallel run: every rank's residuals, rank order
 
   for (int64_t d = 0; d < D; ++d) {
     cpu::residual_quantize_forward(r.data(), W, c.data(), N, K, E, 1);  // argmin over rows [0,K)
@@ -98,25 +100,40 @@ void RqvaeTrainer::quantize_train(const float* z, int64_t N, uint64_t step_seed,
         n[size_t(k)] += 1;
         for (int64_t e = 0; e < E; ++e) s[size_t(k * E + e)] += r[size_t(i * E + e)];
       }
+      if (dist) {
+        dp_->all_reduce_sum(n.data(), K);
+        dp_->all_reduce_sum(s.data(), K * E);
+      }
       for (int64_t k = 0; k < K; ++k) {
         cs[k] = cs[k] * keep + add * float(n[size_t(k)]);
         for (int64_t e = 0; e < E; ++e) ee[k * E + e] = ee[k * E + e] * keep + add * float(s[size_t(k * E + e)]);
       }
       if (opt_.restart_unused) {
-        // A random permutation of this depth's residuals (tiled, with noise, when N < K), first K.
-        TrainRng rng(mix_seed(step_seed, uint64_t(d)));
-        const bool tiled = N < K;
-        const int64_t M = tiled ? N * ((K + N - 1) / N) : N;
-        const float noise = 0.01f / std::sqrt(float(E));
-        std::vector<int64_t> idx(static_cast<size_t>(M));
-        std::iota(idx.begin(), idx.end(), int64_t(0));
+        // A random permutation of this depth's residuals (tiled, with noise, when N < K), first K:
+        // of the global batch's residuals, drawn by rank 0 when data parallel.
+        const float* res = r.data();
+        int64_t Ng = N;
+        if (dist) {
+          dp_->gather(r.data(), N * E, &all_r);
+          res = all_r.data();
+          Ng = N * dp_->world();
+        }
         Tensor rv = Tensor::empty({K, E});
         float* rp = rv.f32();
-        for (int64_t k = 0; k < K; ++k) {
-          std::swap(idx[size_t(k)], idx[size_t(k + int64_t(rng.below(uint64_t(M - k))))]);
-          const float* src = &r[size_t((idx[size_t(k)] % N) * E)];
-          for (int64_t e = 0; e < E; ++e) rp[k * E + e] = src[e] + (tiled ? rng.uniform() * noise : 0.0f);
+        if (!dist || dp_->leader()) {
+          TrainRng rng(mix_seed(step_seed, uint64_t(d)));
+          const bool tiled = Ng < K;
+          const int64_t M = tiled ? Ng * ((K + Ng - 1) / Ng) : Ng;
+          const float noise = 0.01f / std::sqrt(float(E));
+          std::vector<int64_t> idx(static_cast<size_t>(M));
+          std::iota(idx.begin(), idx.end(), int64_t(0));
+          for (int64_t k = 0; k < K; ++k) {
+            std::swap(idx[size_t(k)], idx[size_t(k + int64_t(rng.below(uint64_t(M - k))))]);
+            const float* src = res + (idx[size_t(k)] % Ng) * E;
+            for (int64_t e = 0; e < E; ++e) rp[k * E + e] = src[e] + (tiled ? rng.uniform() * noise : 0.0f);
+          }
         }
+        if (dist) dp_->broadcast(rp, K * E);
         for (int64_t k = 0; k < K; ++k)
           if (!(cs[k] >= 1.0f)) {
             std::memcpy(ee + k * E, rp + k * E, size_t(E) * 4);
@@ -153,14 +170,9 @@ void RqvaeTrainer::quantize_train(const float* z, int64_t N, uint64_t step_seed,
   // d/dz of w * mean_d mean((z - S_d)^2) = w * 2 sum_d (z - S_d) / (D N E)
   const float g = 2.0f * opt_.commitment_weight / float(D * N * E);
   for (float& v : dz) v *= g;
-  double ent = 0;
-  for (int64_t k = 0; k < K; ++k)
-    if (hist[size_t(k)] > 0) {
-      st.codes_used++;
-      const double p = double(hist[size_t(k)]) / double(N * D);
-      ent -= p * std::log(p);
-    }
-  st.perplexity = std::exp(ent);
+  const CodeUsage u = code_usage(hist, dist ? dp_ : nullptr);
+  st.codes_used = u.used;
+  st.perplexity = u.perplexity;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@
 
 #include "core/tensor_map.h"
 #include "nn/stage1_config.h"
+#include "train/data_parallel.h"
 #include "train/param.h"
 #include "train/stage1_terms.h"
 #include "train/taming_train.h"
@@ -92,6 +93,13 @@ class RqvaeTrainer {
   const Tensor& last_codes() const { return last_codes_; }
   const std::vector<Tensor>& last_restart_vectors() const { return last_restart_; }
 
+  // Data parallel (train/data_parallel.h): the EMA statistics n_k and s_k of each depth are
+  // summed over the ranks, and the restart candidates are drawn by rank 0 from every rank's
+  // residuals (the global batch's, in rank order, as one process with the whole batch draws
+  // them) and sent to all, so the codebook stays the same on every rank. The code histogram
+  // behind codes_used/perplexity is the global batch's too. nullptr: this process alone.
+  void set_data_parallel(DataParallel* dp) { dp_ = dp; }
+
  private:
   void quantize_train(const float* z, int64_t N, uint64_t step_seed, std::vector<float>& zq, std::vector<float>& dz,
                       RqvaeStepStats& st);
@@ -108,6 +116,7 @@ class RqvaeTrainer {
   Param* embed_ema_ = nullptr;     // [K,E]
   Tensor last_codes_, last_recon_;
   std::vector<Tensor> last_restart_;
+  DataParallel* dp_ = nullptr;
 };
 
 // "stage1.quantizer.codebooks.0.<what>"

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "train/conv_ops.h"
+#include "train/data_parallel.h"
 
 namespace hwaga::train {
 
@@ -415,6 +416,22 @@ void init_taming_params(ParamSet& ps, const std::string& prefix, uint64_t seed) 
       }
     }
   }
+}
+
+CodeUsage code_usage(const std::vector<int64_t>& hist, DataParallel* dp) {
+  std::vector<double> h(hist.begin(), hist.end());
+  if (dp && dp->world() > 1) dp->all_reduce_sum(h.data(), int64_t(h.size()));
+  double n = 0;
+  for (double v : h) n += v;
+  CodeUsage u;
+  double ent = 0;
+  for (double v : h)
+    if (v > 0) {
+      u.used++;
+      ent -= v / n * std::log(v / n);
+    }
+  u.perplexity = std::exp(ent);
+  return u;
 }
 
 }  // namespace hwaga::train

@@ -142,4 +142,14 @@ class TrainRng {
 uint64_t mix_seed(uint64_t seed, const std::string& s);
 uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b = 0);
 
+class DataParallel;
+
+// Codebook usage of a batch from its code histogram: the codes used and exp(entropy). With a
+// data-parallel `dp`, the histogram is summed over the ranks first (the global batch's).
+struct CodeUsage {
+  int64_t used = 0;
+  double perplexity = 0;
+};
+CodeUsage code_usage(const std::vector<int64_t>& hist, DataParallel* dp = nullptr);
+
 }  // namespace hwaga::train

@@ -130,14 +130,9 @@ VqganStepStats VqganTrainer::train_step(const Tensor& x, const Stage1Terms* term
   add_inplace(dz.f32(), dc.f32(), dz.numel());
   encoder_.backward(quant_conv_.backward(dz));
 
-  double ent = 0;
-  for (int64_t k = 0; k < K; ++k)
-    if (hist[size_t(k)] > 0) {
-      st.codes_used++;
-      const double p = double(hist[size_t(k)]) / double(N);
-      ent -= p * std::log(p);
-    }
-  st.perplexity = std::exp(ent);
+  const CodeUsage u = code_usage(hist, dp_);
+  st.codes_used = u.used;
+  st.perplexity = u.perplexity;
   return st;
 }
 

@@ -31,6 +31,7 @@
 
 #include "core/tensor_map.h"
 #include "nn/stage1_config.h"
+#include "train/data_parallel.h"
 #include "train/param.h"
 #include "train/stage1_terms.h"
 #include "train/taming_train.h"
@@ -90,6 +91,9 @@ class VqganTrainer {
 
   // Of the last train_step: codes int32 [B,h,w,1].
   const Tensor& last_codes() const { return last_codes_; }
+  // Data parallel: only the code histogram behind codes_used/perplexity is shared (the codebook
+  // learns by its gradient, which the training loop averages). nullptr: this process alone.
+  void set_data_parallel(DataParallel* dp) { dp_ = dp; }
 
  private:
   Stage1Config cfg_;
@@ -101,6 +105,7 @@ class VqganTrainer {
   TrainDecoder decoder_;
   Param* codebook_ = nullptr;    // [K,E]
   Tensor last_codes_, last_recon_;
+  DataParallel* dp_ = nullptr;
 };
 
 // "stage1.quantize.embedding.weight"

@@ -1,6 +1,6 @@
-"""hwaga train --world W --rank R --dist-addr HOST:PORT: data-parallel training over TCP, on the tiny
-fixtures of test_train.py (tests/parity/torch_ref/train_stage2_fixtures.py), two ranks as two
-processes on this machine.
+"""hwaga train / train-tokenizer --world W --rank R --dist-addr HOST:PORT: data-parallel training
+over TCP, on the tiny fixtures of test_train.py (tests/parity/torch_ref/train_stage2_fixtures.py)
+and test_train_tokenizer.py (train_stage1_fixtures.py), two ranks as two processes here.
 
 Checks:
 - two ranks with 2 rows each take the step of one process with the whole batch of 4: the first
@@ -14,15 +14,22 @@ Checks:
 - a rank killed outright makes rank 0 exit 1 naming it;
 - a rank started with other settings is refused, with the reason on both sides; a connection
   that is not a rank is turned away and the run goes on;
-- bad --world/--rank/--dist-addr/--batch values exit 2 with a message.
+- bad --world/--rank/--dist-addr/--batch values exit 2 with a message;
+- stage 1: two ranks take the one-process step of the RQ-VAE (gradients, losses, the restart
+  candidates drawn from the global batch's residuals, the EMA buffers after the step) and of the
+  VQGAN, follow its 3-step loss curve, and train with --gan (whose adaptive weight and BatchNorm
+  statistics are each rank's own, so only that it runs and saves is checked).
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import unittest
 
 import numpy as np
 
@@ -32,6 +39,7 @@ from hwaga_testlib import HWAGA_BIN, TORCH_REF, hwaga, main  # noqa: E402
 sys.path.insert(0, TORCH_REF)
 import train_stage2_fixtures as fx  # noqa: E402
 import train_gpt_ref as gx  # noqa: E402
+import train_stage1_fixtures as sx  # noqa: E402
 from test_train import Stage2Fixture, losses  # noqa: E402
 
 
@@ -226,6 +234,96 @@ class TrainDataParallel(Stage2Fixture):
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertIn("could not reach rank 0", p.stderr)
         self.assertFalse(os.path.exists(os.path.join(w, "checkpoint.safetensors")))
+
+
+def assert_close_tensors(tc, a, b, keys, rtol):
+    """Each tensor of `keys`: max |a - b| <= rtol x (its largest |a|, at least 1e-3 of the largest
+    of all), the floor covering gradients that are exactly zero up to rounding."""
+    top = max(float(np.abs(a[k]).max()) for k in keys)
+    for k in keys:
+        scale = max(float(np.abs(a[k]).max()), 1e-3 * top)
+        err = float(np.abs(a[k] - b[k]).max()) / scale
+        tc.assertLess(err, rtol, "%s: relative difference %.2e" % (k, err))
+
+
+class TrainTokenizerDataParallel(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="hwaga_train_tok_dp_")
+        cls.s1_shards = os.path.join(cls.tmp, "s1-shards")
+        sx.make_shards(cls.s1_shards, 2, 8, 16)
+        cls.rq_cfg = sx.write_config(os.path.join(cls.tmp, "rq.json"))
+        cls.vq_cfg = sx.write_config(os.path.join(cls.tmp, "vq.json"), dict(sx.TINY, type="vqgan", code_shape=[8, 8, 1]))
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def work(self, name):
+        return os.path.join(self.tmp, name)
+
+    def args(self, work, cfg, *extra):
+        return ["train-tokenizer", "--shards", self.s1_shards, "--config", cfg, "--work-dir", work, "--batch", "4",
+                "--lr", "2e-3", "--threads", "1"] + list(extra)
+
+    def one_and_two(self, name, cfg, *extra):
+        """The same run as one process and as two ranks; -> (dump 1, dump 2, log 1, log 2)."""
+        one, two = self.work(name + "-one"), self.work(name + "-two")
+        d1, d2 = one + ".dump", two + ".dump"
+        hwaga(*self.args(one, cfg, "--dump-step", d1, *extra), check=True)
+        addr = "127.0.0.1:%d" % free_port()
+        procs = [subprocess.Popen([HWAGA_BIN] + self.args(two, cfg, "--dump-step", d2, *extra) +
+                                  ["--world", "2", "--rank", str(r), "--dist-addr", addr],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+        out = [p.communicate(timeout=300) for p in procs]
+        for r, p in enumerate(procs):
+            self.assertEqual(p.returncode, 0, "rank %d: %s" % (r, out[r][1]))
+        self.assertIn("data parallel: rank 0 of 2", out[0][1])
+        g1, _ = sx.read_safetensors(d1)
+        g2, _ = sx.read_safetensors(d2)
+        return g1, g2, losses(one), losses(two)
+
+    def check_step(self, g1, g2, lg1, lg2):
+        np.testing.assert_array_equal(g1["input"], g2["input"])  # the same global batch
+        np.testing.assert_allclose(g2["loss"], g1["loss"], rtol=1e-5)
+        grads = [k for k in g1 if k.startswith("grad.")]
+        self.assertGreater(len(grads), 10)
+        assert_close_tensors(self, g1, g2, grads, 1e-5)
+        # the codes of rank 0's pictures (the first half of the batch)
+        c1, c2 = g1["codes"], g2["codes"]
+        self.assertEqual(c2.shape[0] * 2, c1.shape[0])
+        self.assertGreaterEqual(float(np.mean(c1[:c2.shape[0]] == c2)), 0.99)
+        self.assertEqual(len(lg1), len(lg2))
+        for a, b in zip(lg1, lg2):
+            self.assertAlmostEqual(a["loss"], b["loss"], delta=1e-3 * abs(a["loss"]))
+            self.assertEqual(a["codes_used"], b["codes_used"])  # the global batch's histogram
+
+    def test_rqvae_two_ranks_take_the_single_process_step(self):
+        g1, g2, lg1, lg2 = self.one_and_two("rq", self.rq_cfg, "--steps", "3")
+        self.check_step(g1, g2, lg1, lg2)
+        restarts = [k for k in g1 if k.startswith("restart.")]
+        self.assertEqual(len(restarts), 2)  # one set per depth, drawn from the global residuals
+        assert_close_tensors(self, g1, g2, restarts, 1e-5)
+        ema = [k for k in g1 if k.startswith("after.") and ("_ema" in k or "codebook" in k)]
+        self.assertGreaterEqual(len(ema), 3)
+        assert_close_tensors(self, g1, g2, ema, 1e-5)
+
+    def test_vqgan_two_ranks_take_the_single_process_step(self):
+        self.check_step(*self.one_and_two("vq", self.vq_cfg, "--steps", "3"))
+
+    def test_gan_trains_on_two_ranks(self):
+        w = self.work("gan")
+        addr = "127.0.0.1:%d" % free_port()
+        res = [subprocess.Popen([HWAGA_BIN] + self.args(w, self.rq_cfg, "--steps", "3", "--gan") +
+                                ["--world", "2", "--rank", str(r), "--dist-addr", addr],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+        out = [p.communicate(timeout=300) for p in res]
+        self.assertEqual([p.returncode for p in res], [0, 0], out[0][1] + out[1][1])
+        log = losses(w)
+        self.assertEqual([r["step"] for r in log], [1, 2, 3])
+        self.assertTrue(all(np.isfinite(r["loss_disc"]) for r in log))
+        t, _ = sx.read_safetensors(os.path.join(w, "checkpoint.safetensors"))
+        self.assertTrue(any(k.startswith("discriminator.") for k in t), sorted(t)[:5])
 
 
 if __name__ == "__main__":

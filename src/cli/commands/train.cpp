@@ -65,6 +65,7 @@
 
 #include "cli_util.h"
 #include "command.h"
+#include "dist_options.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "data/shard_dataset.h"
@@ -110,9 +111,7 @@ struct TrainCliOptions {
   bool resume = false;
   bool balance = false;  // draw every json "group" equally often (train/code_cache.h)
   std::string dump_step;  // hidden: the first step's batch, losses and gradients (parity tests)
-  int world = 1, rank = 0;  // data parallel (train/data_parallel.h)
-  std::string dist_addr;
-  double dist_timeout = 1800;
+  DistCliOptions dist;  // data parallel (train/data_parallel.h)
   CLI::App* app = nullptr;
   bool given(const char* name) const { return app && app->count(name) > 0; }
 };
@@ -309,18 +308,6 @@ void write_samples(const TrainCliOptions& opt, const std::string& work, int64_t 
   }
 }
 
-// What every rank of a data-parallel run must agree on (rank 0 refuses a rank whose hash differs).
-uint64_t run_fingerprint(const TrainCliOptions& o) {
-  const nlohmann::json j = {o.tokenizer, o.shards,      o.config,  o.text_tokenizer, o.work_dir,   o.init,
-                            o.context,   o.steps,       o.stop_after, o.save_every,  o.sample_every, o.batch,
-                            o.lr,        o.min_lr,      o.weight_decay, o.dropout,   o.clip,       o.cfg_drop,
-                            o.matmul,    o.warmup,      o.seed,    o.sample_prompts, o.resume,     o.balance,
-                            o.world,     software_string()};
-  uint64_t h = 1469598103934665603ull;  // FNV-1a
-  for (unsigned char c : j.dump()) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
 // Rows [r*B/W, (r+1)*B/W) of a global batch: what rank r of W trains on.
 RqBatch rank_rows(const RqBatch& full, int rank, int world) {
   const int64_t B = full.codes.dim(0), n = B / world;
@@ -418,39 +405,20 @@ int run_train(TrainCliOptions opt) {
   if (!opt.resume && opt.init.empty()) tspec = parse_text_tokenizer(opt.text_tokenizer);
   if (opt.resume && !opt.init.empty()) usage_fail("--init starts a new run; --resume continues one (not both)");
   if (opt.context < 0) usage_fail("--context must be positive, got ", opt.context);
-  if (opt.world < 1) usage_fail("--world must be at least 1, got ", opt.world);
-  if (opt.rank < 0 || opt.rank >= opt.world)
-    usage_fail("--rank ", opt.rank, " is outside 0..", opt.world - 1, " (--world ", opt.world, ")");
-  if (opt.world > 1) {
-    if (opt.dist_addr.empty()) usage_fail("--world ", opt.world, " needs --dist-addr HOST:PORT (where rank 0 listens)");
-    try {
-      parse_dist_addr(opt.dist_addr, "--dist-addr");
-    } catch (const Error& e) {
-      usage_fail(e.what());
-    }
-    if (opt.batch % opt.world != 0)
-      usage_fail("--batch ", opt.batch, " is not a multiple of --world ", opt.world,
-                 " (each rank trains on batch/world rows of every global batch)");
-    if (!(opt.dist_timeout > 0)) usage_fail("--dist-timeout must be positive, got ", opt.dist_timeout);
-  }
+  check_dist_options(opt.dist, opt.batch);
 
   if (opt.common.device == "auto") opt.common.device = "cpu";  // training runs on the CPU
   auto be = select_backend(opt.common);
   fs::create_directories(work);
 
   // ---- data parallel: rank 0 listens, the other ranks connect (nothing when --world 1) ----
-  DataParallelOptions dpo;
-  dpo.rank = opt.rank;
-  dpo.world = opt.world;
-  dpo.addr = opt.dist_addr;
-  dpo.timeout_s = opt.dist_timeout;
-  DataParallel dp(dpo, run_fingerprint(opt));
+  DataParallel dp(data_parallel_options(opt.dist), command_fingerprint(*opt.app));
   if (dp.world() > 1) {
-    say(dp.leader() ? "data parallel: rank 0 of " + std::to_string(dp.world()) + " at " + opt.dist_addr + ", " +
+    say(dp.leader() ? "data parallel: rank 0 of " + std::to_string(dp.world()) + " at " + opt.dist.addr + ", " +
                           std::to_string(opt.batch / dp.world()) + " of each batch's " + std::to_string(opt.batch) +
                           " rows per rank"
                     : "data parallel: rank " + std::to_string(dp.rank()) + " of " + std::to_string(dp.world()) +
-                          " connected to " + opt.dist_addr + " (rank 0 reports progress)");
+                          " connected to " + opt.dist.addr + " (rank 0 reports progress)");
     g_quiet = !dp.leader();
   }
 
@@ -658,7 +626,6 @@ int run_train(TrainCliOptions opt) {
   // (LossNorm), so the sums are the global batch's. Dropout masks differ per rank (the seed is
   // offset by the rank).
   const int W = dp.world();
-  std::vector<float> gbuf(W > 1 ? size_t(tr.params().num_trainable()) : 0);
   const uint64_t dropout_seed = opt.seed + uint64_t(dp.rank()) * 0x9E3779B97F4A7C15ull;
   bool peer_stopped = false;
   for (; step < end; ++step) {
@@ -670,21 +637,8 @@ int run_train(TrainCliOptions opt) {
     RqLoss l = tr.forward_backward(b, dropout_seed, step, norm);
     bool stop = interrupted();
     if (W > 1) {
-      int64_t o = 0;
-      for (auto& p : tr.params().all())
-        if (p->grad.defined()) {
-          std::memcpy(gbuf.data() + o, p->g(), size_t(p->numel()) * sizeof(float));
-          o += p->numel();
-        }
-      dp.all_reduce_sum(gbuf.data(), o);
-      o = 0;
-      for (auto& p : tr.params().all())
-        if (p->grad.defined()) {
-          std::memcpy(p->g(), gbuf.data() + o, size_t(p->numel()) * sizeof(float));
-          o += p->numel();
-        }
       double stats[4] = {l.loss, l.image_loss, l.text_loss, stop ? 1.0 : 0.0};
-      dp.all_reduce_sum(stats, 4);
+      dp.all_reduce_grads(tr.params(), 1.0f, stats, 4);
       l.loss = stats[0], l.image_loss = stats[1], l.text_loss = stats[2];
       peer_stopped = stats[3] > 0 && !stop;
       stop = stats[3] > 0;
@@ -726,16 +680,8 @@ int run_train(TrainCliOptions opt) {
       log.event("sample", {{"step", done}, {"prompts", opt.sample_prompts.size()}});
     }
   }
-  if (dp.leader()) progress.finish();
-  if (!dp.leader()) {
-    if (interrupted()) return 128 + interrupt_signal();
-    if (peer_stopped) {
-      std::fprintf(stderr, "%sstopped at step %lld with the other ranks (one was interrupted); rank 0 saves\n",
-                   kPrefix, (long long)step);
-      return 130;
-    }
-    return 0;
-  }
+  if (!dp.leader()) return follower_exit(kPrefix, step, peer_stopped);
+  progress.finish();
   if (step != last_saved) {
     save(step);
     log.event("checkpoint", {{"step", step}, {"path", ckpt_path}});
@@ -796,14 +742,7 @@ Command reg("train", "Train the text-to-image transformer (stage 2) on tar shard
   sub.add_option("--export", opt->export_path, "write a model file for hwaga generate at the end");
   sub.add_option("--export-dtype", opt->export_dtype, "stage-2 dtype of --export: f32, bf16 or f16 (default f32)");
   sub.add_option("--dump-step", opt->dump_step, "")->group("");  // tests: the first step's gradients
-  sub.add_option("--world", opt->world,
-                 "data parallel: the number of processes (ranks) training together (default 1); each takes "
-                 "batch/world rows of every batch and the gradients are summed over TCP");
-  sub.add_option("--rank", opt->rank, "data parallel: this process's rank, 0..world-1 (rank 0 writes the work dir)");
-  sub.add_option("--dist-addr", opt->dist_addr,
-                 "data parallel: HOST:PORT where rank 0 listens and the other ranks connect");
-  sub.add_option("--dist-timeout", opt->dist_timeout,
-                 "data parallel: seconds to wait for a rank (default 1800; rank 0 may be encoding the shards)");
+  add_dist_options(sub, opt->dist);
   add_common_options(sub, opt->common);
   return [opt] { return run_with_exit_codes(kPrefix, [&] { return run_train(*opt); }); };
 });

@@ -5,6 +5,7 @@
 //                       [--lpips VGG16.pth,LPIPS_HEADS.pth [--lpips-weight 1]]
 //                       [--gan [--disc-weight 0.75] [--disc-layers 2] [--disc-ndf 64] [--disc-start 0]]
 //                       [--stop-after K] [--resume] [-o model.safetensors] [--export-only] [--threads N]
+//                       [--world W --rank R --dist-addr HOST:PORT [--dist-timeout S]]
 //
 // Trains an image tokenizer (stage 1) on the CPU from tar shards: an RQ-VAE (architecture.md
 // §1.6, §6.1; train/rqvae_trainer.h) or, when the config's type is "vqgan", minDALL-E's VQGAN
@@ -41,6 +42,14 @@
 // stage-1 model file (as `hwaga convert rq-vae` does) at the end; --export-only writes it from
 // the checkpoint without training.
 //
+// --world W --rank R --dist-addr HOST:PORT: data parallel (train/data_parallel.h), the same
+// command once per rank. Every rank reads the same global batch and trains on its B/W pictures;
+// the gradients (and the discriminator's) are averaged over the ranks, the RQ-VAE's EMA
+// statistics summed, and its restart candidates drawn by rank 0 from the global batch's
+// residuals, so a W-rank run follows the one-process run to float rounding (the GAN's adaptive
+// weight and BatchNorm statistics are each rank's own, as with PyTorch's DDP). Rank 0 writes the
+// work dir.
+//
 // Exit codes: 0 done, 1 error (files, data, config), 2 bad option value, 128+signal when
 // interrupted (after saving).
 #include <algorithm>
@@ -55,6 +64,7 @@
 
 #include "cli_util.h"
 #include "command.h"
+#include "dist_options.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "data/shard_dataset.h"
@@ -94,11 +104,16 @@ struct TokOptions {
   double lpips_weight = 1.0;
   std::string matmul = "f32";  // the convolutions' matrix products: f32 or bf16 (train/transformer_ops.h)
   PatchGanOptions disc;
+  DistCliOptions dist;  // data parallel (train/data_parallel.h)
   CLI::App* app = nullptr;
   bool given(const char* name) const { return app && app->count(name) > 0; }
 };
 
-void say(const std::string& s) { std::fprintf(stderr, "%s%s\n", kPrefix, s.c_str()); }
+bool g_quiet = false;  // ranks 1..W-1 of a data-parallel run leave the talking to rank 0
+
+void say(const std::string& s) {
+  if (!g_quiet) std::fprintf(stderr, "%s%s\n", kPrefix, s.c_str());
+}
 
 // ---- configs ----
 
@@ -179,6 +194,8 @@ class TokenizerTrainer {
   virtual void load_model_tensors(const TensorMap& m, const std::string& source) = 0;
   virtual void dump_step(TensorMap& dump) const = 0;  // --dump-step: codes (and restart draws)
   virtual nlohmann::json loss_options() = 0;          // recorded in the checkpoint's options
+  // data parallel: what the trainer shares beyond the gradients (the RQ-VAE's EMA codebook)
+  virtual void set_data_parallel(DataParallel*) {}
 };
 
 class RqvaeTokTrainer final : public TokenizerTrainer {
@@ -203,6 +220,7 @@ class RqvaeTokTrainer final : public TokenizerTrainer {
   nlohmann::json loss_options() override {
     return {{"commitment_weight", t_.options().commitment_weight}, {"decay", t_.options().decay}};
   }
+  void set_data_parallel(DataParallel* dp) override { t_.set_data_parallel(dp); }
 
  private:
   RqvaeTrainer t_;
@@ -223,6 +241,7 @@ class VqganTokTrainer final : public TokenizerTrainer {
   TensorMap model_tensors() const override { return t_.model_tensors(); }
   void load_model_tensors(const TensorMap& m, const std::string& src) override { t_.load_model_tensors(m, src); }
   void dump_step(TensorMap& dump) const override { dump["codes"] = t_.last_codes().clone(); }
+  void set_data_parallel(DataParallel* dp) override { t_.set_data_parallel(dp); }
   nlohmann::json loss_options() override {
     const VqganTrainOptions& o = t_.options();
     return {{"recon", o.l1 ? "l1" : "mse"}, {"beta", o.beta}, {"legacy", o.legacy}};
@@ -401,6 +420,7 @@ int run_train_tokenizer(TokOptions opt) {
   }
   if (opt.steps < 1) usage_fail("--steps must be at least 1, got ", opt.steps);
   if (opt.batch < 1) usage_fail("--batch must be at least 1, got ", opt.batch);
+  check_dist_options(opt.dist, opt.batch);
   if (!(opt.lr > 0) || !std::isfinite(opt.lr)) usage_fail("--lr must be positive, got ", opt.lr);
   if (opt.min_lr < 0) opt.min_lr = opt.lr;  // the reference: constant after the warm-up
   if (!(opt.min_lr <= opt.lr)) usage_fail("--min-lr must be in [0, --lr], got ", opt.min_lr);
@@ -513,6 +533,23 @@ int run_train_tokenizer(TokOptions opt) {
     fixed = fixed_pictures(eval_shards.empty() ? shards : eval_shards, eval_shards.empty() ? 8 : opt.eval_count, R);
   fs::create_directories(work);
 
+  // ---- data parallel: rank 0 listens, the other ranks connect (nothing when --world 1) ----
+  DataParallel dp(data_parallel_options(opt.dist), command_fingerprint(*opt.app));
+  const int W = dp.world();
+  if (W > 1) {
+    say(dp.leader() ? "data parallel: rank 0 of " + std::to_string(W) + " at " + opt.dist.addr + ", " +
+                          std::to_string(opt.batch / W) + " of each batch's " + std::to_string(opt.batch) +
+                          " pictures per rank"
+                    : "data parallel: rank " + std::to_string(dp.rank()) + " of " + std::to_string(W) +
+                          " connected to " + opt.dist.addr + " (rank 0 reports progress)");
+    g_quiet = !dp.leader();
+    tr.set_data_parallel(&dp);
+    if (gan) gan->set_data_parallel(&dp);
+    for (auto& p : tr.params().all()) dp.broadcast(p->v(), p->numel());  // rank 0's start, buffers too
+    if (gan)
+      for (auto& p : gan->discriminator().params().all()) dp.broadcast(p->v(), p->numel());
+  }
+
   LrSchedule sched;
   sched.lr = float(opt.lr);
   sched.min_lr = float(opt.min_lr);
@@ -549,9 +586,9 @@ int run_train_tokenizer(TokOptions opt) {
     save_checkpoint(ckpt_path, tr.params(), &adam, extra, meta);
   };
   InterruptGuard guard;
-  TrainLog log((fs::path(work) / "train.jsonl").string(), opt.resume ? start : -1);
+  TrainLog log(dp.leader() ? (fs::path(work) / "train.jsonl").string() : std::string(), opt.resume ? start : -1);
   auto evaluate = [&](int64_t step) {
-    if (eval_shards.empty() || fixed.dim(0) == 0) return;
+    if (eval_shards.empty() || fixed.dim(0) == 0 || !dp.leader()) return;
     const double p = psnr(fixed, reconstruct_all(tr, fixed));
     char buf[96];
     std::snprintf(buf, sizeof buf, "step %lld: eval PSNR %.2f dB on %lld pictures", (long long)step, p,
@@ -574,6 +611,7 @@ int run_train_tokenizer(TokOptions opt) {
   TrainProgress progress(kPrefix, start, opt.steps, "img");
   const int64_t K = cfg.n_embed, per_image = int64_t(3) * R * R;
   int64_t step = start, last_saved = opt.resume ? start : -1;
+  bool peer_stopped = false;
   for (; step < end; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<data::Sample> batch = ds.next_batch(opt.batch);
@@ -582,8 +620,11 @@ int run_train_tokenizer(TokOptions opt) {
       std::memcpy(x.f32() + int64_t(i) * per_image, batch[i].image.f32(), size_t(per_image) * sizeof(float));
     const int64_t epoch = batch.empty() ? 0 : batch.back().epoch;
     batch.clear();
+    // data parallel: every rank reads the same global batch and trains on its rows
+    const int64_t rows = x.dim(0) / W;
+    const Tensor xl = W > 1 ? x.slice0(dp.rank() * rows, (dp.rank() + 1) * rows).clone() : x;
     TensorMap dump;
-    if (!opt.dump_step.empty() && step == start) {
+    if (!opt.dump_step.empty() && step == start && dp.leader()) {
       dump["input"] = x.clone();
       for (auto& p : tr.params().all()) dump["before." + p->name] = p->value.clone();
       if (gan)  // before the generator's half moves the running statistics
@@ -593,8 +634,16 @@ int run_train_tokenizer(TokOptions opt) {
     AdversarialLoss* g = gan && step >= opt.disc.start ? gan.get() : nullptr;
     const Stage1Terms terms{lpips.get(), float(opt.lpips_weight), g};
     Stage1TermStats ts;
-    const TokStepStats st = tr.train_step(x, mix_seed(opt.seed, uint64_t(step), 0x5271), terms, ts);
+    TokStepStats st = tr.train_step(xl, mix_seed(opt.seed, uint64_t(step), 0x5271), terms, ts);
     GanStepStats& gst = ts.gan;
+    bool stop = interrupted();
+    if (W > 1) {  // the mean over the ranks' equal shares: the global batch's gradient and losses
+      double sums[4] = {st.loss, st.recon, st.commitment, stop ? 1.0 : 0.0};
+      dp.all_reduce_grads(tr.params(), 1.0f / float(W), sums, 4);
+      st.loss = sums[0] / W, st.recon = sums[1] / W, st.commitment = sums[2] / W;
+      peer_stopped = sums[3] > 0 && !stop;
+      stop = sums[3] > 0;
+    }
     const float lr = sched.at(step);
     if (!dump.empty()) {
       for (auto& p : tr.params().all())
@@ -603,7 +652,7 @@ int run_train_tokenizer(TokOptions opt) {
     }
     const double gnorm = tr.params().clip_grad_norm(0.0f);  // the norm only (and the NaN check)
     adam.step(tr.params(), lr);
-    if (g) g->discriminator_step(x, tr.last_recon(), lr, gst, dump.empty() ? nullptr : &dump);
+    if (g) g->discriminator_step(xl, tr.last_recon(), lr, gst, dump.empty() ? nullptr : &dump);
     if (!dump.empty()) {
       for (auto& p : tr.params().all()) dump["after." + p->name] = p->value.clone();
       Tensor lv = Tensor::empty({3});
@@ -641,6 +690,13 @@ int run_train_tokenizer(TokOptions opt) {
     if (g)
       line.update({{"loss_gen", gst.loss_gen}, {"g_weight", gst.g_weight}, {"loss_disc", gst.loss_disc},
                    {"logits_real", gst.logits_real}, {"logits_fake", gst.logits_fake}});
+    if (!dp.leader()) {
+      if (stop) {
+        ++step;
+        break;
+      }
+      continue;  // rank 0 logs, writes the checkpoints and samples
+    }
     log.step(line);
     char extra[192];
     int n = std::snprintf(extra, sizeof extra, "recon %.4f  commit %.4f  codes %lld/%lld  ppl %.1f", st.recon,
@@ -651,7 +707,7 @@ int run_train_tokenizer(TokOptions opt) {
                     gst.loss_disc);
     progress.update(step, st.loss, lr, double(x.dim(0)), extra);
     const int64_t done = step + 1;
-    if (interrupted()) {
+    if (stop) {
       ++step;
       break;
     }
@@ -670,11 +726,18 @@ int run_train_tokenizer(TokOptions opt) {
       log.event("sample", {{"step", done}, {"path", (dir / name).string()}});
     }
   }
+  if (!dp.leader()) return follower_exit(kPrefix, step, peer_stopped);
   progress.finish();
   if (step != last_saved) {
     save(step);
     log.event("checkpoint", {{"step", step}, {"path", ckpt_path}});
-    if (!interrupted()) evaluate(step);
+    if (!interrupted() && !peer_stopped) evaluate(step);
+  }
+  if (peer_stopped && !interrupted()) {
+    say("another rank was interrupted at step " + std::to_string(step) + "; saved " + ckpt_path +
+        " (continue with --resume)");
+    log.event("end", {{"step", step}, {"interrupted", true}});
+    return 130;
   }
   if (interrupted()) {
     say("interrupted at step " + std::to_string(step) + "; saved " + ckpt_path + " (continue with --resume)");
@@ -731,6 +794,7 @@ Command reg("train-tokenizer", "Train the image tokenizer (stage 1: an RQ-VAE or
   sub.add_flag("--resume", opt->resume, "continue WORK/checkpoint.safetensors");
   sub.add_option("-o,--output", opt->output, "write a stage-1 model file at the end");
   sub.add_flag("--export-only", opt->export_only, "write -o from WORK/checkpoint.safetensors without training");
+  add_dist_options(sub, opt->dist);
   sub.add_option("--dump-step", opt->dump_step, "")->group("");  // tests: the first step's tensors
   add_common_options(sub, opt->common);
   return [opt] { return run_with_exit_codes(kPrefix, [&] { return run_train_tokenizer(*opt); }); };
