@@ -3,7 +3,7 @@
 
   tools/bench_train_stage2.py [--hwaga build/hwaga] [--threads 2] [--steps 20] [--batch 8]
                               [--embed-dim 256] [--body 4] [--head 2] [--heads 4] [--context 16]
-                              [--matmul f32|bf16]
+                              [--matmul f32|bf16] [--world W]
 
 Both sides train the text RQ-Transformer of the given shape (codes 8x8x4 over the tiny stage-1
 model of tests/parity/torch_ref: K 64, E 32; text vocabulary 85) with the recipe of hwaga train:
@@ -13,6 +13,9 @@ step (the loop only: the code cache and the setup are not counted); PyTorch's is
 same number of steps after one warm-up step. Tokens = targets per step = B*(H*W*D + L_c - 1).
 --matmul bf16 runs hwaga with `--matmul bf16` and PyTorch's step under torch.autocast("cpu",
 bfloat16) (its linear layers in bf16 through oneDNN), so both sides do mixed-precision math.
+--world W runs both data-parallel: hwaga as W processes (`hwaga train --world W --rank R
+--dist-addr 127.0.0.1:PORT`, threads/W each), PyTorch as W processes of DistributedDataParallel
+over gloo (threads/W each), both on the global batch --batch (batch/W rows per rank).
 Prints both and the ratio. Not a test: one run on a shared machine, so expect noise.
 """
 import contextlib
@@ -30,7 +33,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "parity", "torch_ref"))
 import train_stage2_fixtures as fx  # noqa: E402
 
 
-def torch_tokens_per_s(cfg, batch, steps, threads, matmul="f32"):
+def torch_tokens_per_s(cfg, batch, steps, threads, matmul="f32", rank=0, world=1):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -38,6 +41,10 @@ def torch_tokens_per_s(cfg, batch, steps, threads, matmul="f32"):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = rq_transformer_ref.RQTransformerRef(cfg).train()
+    if world > 1:
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+        model = torch.nn.parallel.DistributedDataParallel(model)
+        batch //= world
     K, E = cfg["vocab_size"], cfg["input_embed_dim"]
     H, W, D = cfg["block_size"]
     L = cfg["block_size_cond"]
@@ -62,11 +69,29 @@ def torch_tokens_per_s(cfg, batch, steps, threads, matmul="f32"):
         opt.step()
 
     step()
+    if world > 1:
+        torch.distributed.barrier()
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
+    if world > 1:
+        torch.distributed.barrier()
     dt = time.perf_counter() - t0
-    return batch * (H * W * D + L - 1) * steps / dt
+    return batch * world * (H * W * D + L - 1) * steps / dt
+
+
+def torch_ddp_worker(rank, world, port, cfg, batch, steps, threads, matmul, out):
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    rate = torch_tokens_per_s(cfg, batch, steps, threads, matmul, rank, world)
+    if rank == 0:
+        out.put(rate)
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main():
@@ -81,7 +106,11 @@ def main():
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--context", type=int, default=16)
     ap.add_argument("--matmul", choices=["f32", "bf16"], default="f32")
+    ap.add_argument("--world", type=int, default=1)
     a = ap.parse_args()
+    if a.world < 1 or a.batch % a.world or a.threads % a.world:
+        sys.exit("--world must divide --batch and --threads")
+    per_rank = a.threads // a.world
     with tempfile.TemporaryDirectory(prefix="hwaga_bench_train_") as d:
         s1 = fx.make_stage1(os.path.join(d, "s1"))
         fx.make_shards(os.path.join(d, "shards"))
@@ -90,17 +119,35 @@ def main():
                                n_layer_body=a.body, n_layer_head=a.head, n_head=a.heads)
         import json
         cfg = json.load(open(cfgp))
-        p = subprocess.run([a.hwaga, "train", "--tokenizer", s1, "--shards", os.path.join(d, "shards"), "--config", cfgp,
-                            "--text-tokenizer", "bpe16k:%s,%s" % (vocab, merges), "--work-dir", os.path.join(d, "w"),
-                            "--steps", str(a.steps + 1), "--batch", str(a.batch), "--dropout", "0",
-                            "--matmul", a.matmul, "--threads", str(a.threads)], capture_output=True, text=True)
-        if p.returncode != 0:
-            sys.exit("hwaga train failed:\n" + p.stderr)
-        rates = re.findall(r"([0-9.]+) tok/s", p.stderr)
+        cmd = [a.hwaga, "train", "--tokenizer", s1, "--shards", os.path.join(d, "shards"), "--config", cfgp,
+               "--text-tokenizer", "bpe16k:%s,%s" % (vocab, merges), "--work-dir", os.path.join(d, "w"),
+               "--steps", str(a.steps + 1), "--batch", str(a.batch), "--dropout", "0",
+               "--matmul", a.matmul, "--threads", str(per_rank)]
+        # the code cache first, so that no rank waits on it while the others time their steps
+        subprocess.run(cmd[:cmd.index("--steps")] + ["--steps", "1", "--batch", str(a.batch),
+                                                      "--threads", str(a.threads)], capture_output=True, check=True)
+        os.remove(os.path.join(d, "w", "checkpoint.safetensors"))
+        addr = "127.0.0.1:%d" % free_port()
+        procs = [subprocess.Popen(cmd + (["--world", str(a.world), "--rank", str(r), "--dist-addr", addr]
+                                         if a.world > 1 else []), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for r in range(a.world)]
+        errs = [p.communicate()[1] for p in procs]
+        if any(p.returncode != 0 for p in procs):
+            sys.exit("hwaga train failed:\n" + "\n".join(errs))
+        rates = re.findall(r"([0-9.]+) tok/s", errs[0])
         hw = float(rates[-1])
-        pt = torch_tokens_per_s(cfg, a.batch, a.steps, a.threads, a.matmul)
+        if a.world == 1:
+            pt = torch_tokens_per_s(cfg, a.batch, a.steps, a.threads, a.matmul)
+        else:
+            import torch.multiprocessing as mp
+            out = mp.get_context("spawn").SimpleQueue()
+            mp.spawn(torch_ddp_worker, args=(a.world, free_port(), cfg, a.batch, a.steps, per_rank, a.matmul, out),
+                     nprocs=a.world)
+            pt = out.get()
     print("model: C=%d, body %d + head %d layers, %d heads, codes 8x8x4, K 64, text %d x 85; batch %d; %d threads; "
-          "matmul %s" % (a.embed_dim, a.body, a.head, a.heads, a.context, a.batch, a.threads, a.matmul))
+          "matmul %s; %s" % (a.embed_dim, a.body, a.head, a.heads, a.context, a.batch, a.threads, a.matmul,
+                             "%d ranks x %d threads (hwaga TCP / PyTorch DDP gloo)" % (a.world, per_rank)
+                             if a.world > 1 else "one process"))
     print("hwaga train:  %8.0f tokens/s" % hw)
     print("PyTorch %s: %8.0f tokens/s" % (__import__("torch").__version__, pt))
     print("ratio hwaga / PyTorch: %.2f" % (hw / pt))
