@@ -234,3 +234,45 @@ TEST(RqTrainer, BadBatchesAndCodebooksAreRefused) {
   EXPECT_NE(test::error_of([&] { RqTransformerTrainer t2(cfg, Tensor::zeros({8, 5})); }).find("does not pair"),
             std::string::npos);
 }
+
+// Data parallel (train/data_parallel.h): the gradients of the two halves of a batch, each with
+// the whole batch's target counts as LossNorm, add up to the whole batch's gradient, and their
+// losses to its losses (f32 summation orders differ: 1e-5 of each tensor's scale). The batch's
+// PAD counts differ between the halves (tiny_batch), so a per-half mean would not add up.
+TEST(RqTrainer, HalvesWithGlobalLossNormAddUpToTheBatch) {
+  const RqTransformerConfig cfg = tiny_config();
+  RqTransformerTrainer tr(cfg, tiny_codebook(cfg, 1), RqTrainerOptions{0.0f});
+  randomize(tr, 2);
+  const RqBatch full = tiny_batch(cfg, 4, 3);
+  tr.params().zero_grad();
+  const RqLoss lf = tr.forward_backward(full, 0, 0);
+  std::vector<Tensor> gf;
+  for (auto& p : tr.params().all()) gf.push_back(p->grad.defined() ? p->grad.clone() : Tensor());
+
+  const LossNorm norm{full.codes.numel(), count_text_targets(full.text, 0)};
+  EXPECT_EQ(norm.text_targets, lf.text_targets);
+  tr.params().zero_grad();  // both halves add into the same gradients
+  double loss = 0, image = 0, text = 0;
+  for (int h = 0; h < 2; ++h) {
+    const RqBatch half{full.text.slice0(2 * h, 2 * h + 2).clone(), full.codes.slice0(2 * h, 2 * h + 2).clone()};
+    const RqLoss l = tr.forward_backward(half, 0, 0, norm);
+    loss += l.loss, image += l.image_loss, text += l.text_loss;
+  }
+  EXPECT_NEAR(loss, lf.loss, 1e-5 * lf.loss);
+  EXPECT_NEAR(image, lf.image_loss, 1e-5 * lf.image_loss);
+  EXPECT_NEAR(text, lf.text_loss, 1e-5 * lf.text_loss);
+  // each tensor's scale: its largest gradient, at least 1e-3 of the largest of all (the
+  // attention key biases' gradients are exactly zero up to rounding)
+  float top = 0;
+  for (const Tensor& g : gf)
+    for (int64_t k = 0; g.defined() && k < g.numel(); ++k) top = std::max(top, std::fabs(g.f32()[k]));
+  size_t i = 0;
+  for (auto& p : tr.params().all()) {
+    const Tensor& want = gf[i++];
+    if (!want.defined()) continue;
+    float scale = 1e-3f * top;
+    for (int64_t k = 0; k < want.numel(); ++k) scale = std::max(scale, std::fabs(want.f32()[k]));
+    for (int64_t k = 0; k < want.numel(); ++k)
+      ASSERT_NEAR(p->g()[k], want.f32()[k], 1e-5f * scale) << p->name << "[" << k << "]";
+  }
+}
