@@ -292,7 +292,7 @@ TEST(VqganTrainer, AdamStepsLowerTheLossDeterministically) {
     return t;
   };
   double first = 0, last = 0;
-  auto a = run(25, &first, &last);
+  auto a = run(40, &first, &last);
   EXPECT_LT(last, 0.7 * first) << "recon L1 " << first << " -> " << last;
   auto b = run(2, nullptr, nullptr), d = run(2, nullptr, nullptr);
   for (size_t i = 0; i < b->params().all().size(); ++i)
