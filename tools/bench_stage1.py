@@ -32,9 +32,12 @@ TORCH_TIMER = r"""
 import json, os, sys, time
 import numpy as np, torch
 sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[7])
 import run_reference
+import torch_blas
 ckpt, threads, repeats, pics, codes = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
 torch.set_num_threads(threads)
+torch_blas.set_threads(threads)
 model = run_reference.load_model(ckpt, "rq-vae")
 x_all = torch.from_numpy(np.load(pics))            # [4,3,256,256] in [-1,1]
 c_all = torch.from_numpy(np.load(codes).astype(np.int64))  # [4,8,8,4]
@@ -49,7 +52,7 @@ with torch.no_grad():
                 fn(arg)
                 best = min(best, time.perf_counter() - t0)
             out["%s/%d" % (op, batch)] = best / batch
-print(json.dumps({"times": out, "torch": torch.__version__, "threads": torch.get_num_threads(),
+print(json.dumps({"times": out, "torch": torch.__version__, "threads": torch.get_num_threads(), "blas": torch_blas.describe(),
                   "config": torch.__config__.parallel_info().splitlines()[:3]}))
 """
 
@@ -137,7 +140,7 @@ def main():
 
     print("timing PyTorch ...", file=sys.stderr)
     p = T.run([T.PYTHON, "-c", TORCH_TIMER, T.TORCH_REF, ckpt, str(a.threads), str(a.repeats),
-               os.path.join(work, "pics.npy"), codes4], check=True, timeout=3600)
+               os.path.join(work, "pics.npy"), codes4, os.path.join(SOURCE_DIR, "tools")], check=True, timeout=3600)
     ref = json.loads(p.stdout.strip().splitlines()[-1])
 
     print()
@@ -145,7 +148,7 @@ def main():
     print("machine:  %s (%d cores online)" % (machine(), os.cpu_count() or 0))
     print("commit:   %s" % commit())
     print("hwaga:    %s" % backend)
-    print("pytorch:  %s, %d threads" % (ref["torch"], ref["threads"]))
+    print("pytorch:  %s, %d threads; %s" % (ref["torch"], ref["threads"], ref["blas"]))
     print("timings:  compute only, best of %d, seconds per picture" % a.repeats)
     print()
     print("%-8s %5s  %12s  %12s  %12s  %14s" % ("op", "batch", "hwaga s/pic", "torch s/pic", "hwaga/torch", "hwaga wall/pic"))

@@ -75,7 +75,9 @@ def torch_time(batch, positions, threads):
     import torch
     import rq_transformer_ref as ref
 
+    import torch_blas
     torch.set_num_threads(threads)
+    torch_blas.set_threads(threads)
     torch.manual_seed(0)
     model = ref.RQTransformerRef(CFG).eval()
     with torch.no_grad():
@@ -123,7 +125,14 @@ def main():
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--repeat", type=int, default=2, help="runs per measurement; the fastest is kept")
+    ap.add_argument("--allow-reference-blas", action="store_true",
+                    help="compare even when PyTorch would use the Netlib reference BLAS (tools/torch_blas.py)")
     a = ap.parse_args()
+    if not a.skip_torch:
+        import torch  # noqa: F401  (maps libblas.so.3, so that the check sees which one)
+        sys.path.insert(0, HERE)
+        import torch_blas
+        torch_blas.check(a.threads, a.allow_reference_blas)
     batches = [int(b) for b in a.batches.split(",")]
     P = CFG["block_size"][0] * CFG["block_size"][1]
 

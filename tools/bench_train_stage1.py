@@ -22,6 +22,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(HERE, "..")
 sys.path.insert(0, os.path.join(SRC, "tests", "parity", "torch_ref"))
 import train_stage1_fixtures as F  # noqa: E402
+sys.path.insert(0, HERE)
+import torch_blas  # noqa: E402
 
 PRESETS = {
     # hwaga's emoji model (train_tokenizer.cpp --preset emoji64)
@@ -50,6 +52,7 @@ def bench_torch(cfg, batch, steps, threads):
     import torch
     import train_stage1_ref as R
     torch.set_num_threads(threads)
+    torch_blas.set_threads(threads)
     torch.manual_seed(0)
     model = R.build(cfg)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.5, 0.9))
@@ -85,7 +88,11 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--allow-reference-blas", action="store_true",
+                    help="compare even when PyTorch would use the Netlib reference BLAS (tools/torch_blas.py)")
     a = ap.parse_args()
+    import torch  # noqa: F401  (maps libblas.so.3, so that the check below sees which one)
+    torch_blas.check(a.threads, a.allow_reference_blas)
     cfg = PRESETS[a.preset]
     print("config %s, batch %d, %d steps (first not timed), %d threads; load average %.2f" %
           (a.preset, a.batch, a.steps, a.threads, os.getloadavg()[0]))

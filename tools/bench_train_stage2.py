@@ -31,6 +31,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "parity", "torch_ref"))
 import train_stage2_fixtures as fx  # noqa: E402
+sys.path.insert(0, HERE)
+import torch_blas  # noqa: E402
 
 
 def torch_tokens_per_s(cfg, batch, steps, threads, matmul="f32", rank=0, world=1):
@@ -39,6 +41,7 @@ def torch_tokens_per_s(cfg, batch, steps, threads, matmul="f32", rank=0, world=1
     import torch.nn.functional as F
     import rq_transformer_ref
     torch.set_num_threads(threads)
+    torch_blas.set_threads(threads)
     torch.manual_seed(0)
     model = rq_transformer_ref.RQTransformerRef(cfg).train()
     if world > 1:
@@ -107,7 +110,11 @@ def main():
     ap.add_argument("--context", type=int, default=16)
     ap.add_argument("--matmul", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--world", type=int, default=1)
+    ap.add_argument("--allow-reference-blas", action="store_true",
+                    help="compare even when PyTorch would use the Netlib reference BLAS (tools/torch_blas.py)")
     a = ap.parse_args()
+    import torch  # noqa: F401  (maps libblas.so.3, so that the check below sees which one)
+    torch_blas.check(a.threads, a.allow_reference_blas)
     if a.world < 1 or a.batch % a.world or a.threads % a.world:
         sys.exit("--world must divide --batch and --threads")
     per_rank = a.threads // a.world
