@@ -190,12 +190,144 @@ void tile_avx2(const float* x, const char* w, size_t row_bytes, const float* b, 
     }
 }
 
+// bf16 weights, 16 per load: _mm256_unpacklo/hi_epi16(0, w) widen them to two f32 vectors with
+// one instruction each (against a widening load plus a shift per 8 in tile_avx2), but within
+// 128-bit lanes: lo holds elements 0-3 and 8-11, hi 4-7 and 12-15. A dot product does not mind
+// the order as long as x follows it: xp is x with each block of 16 in that order
+// (permute_x16), made once per call. The last in % 16 columns take tile_avx2's path on x.
+inline void permute_x16(const float* x, float* xp, int64_t in) {
+  for (int64_t i = 0; i + 16 <= in; i += 16) {
+    const __m128 a = _mm_loadu_ps(x + i), b = _mm_loadu_ps(x + i + 4), c = _mm_loadu_ps(x + i + 8),
+                 d = _mm_loadu_ps(x + i + 12);
+    _mm_storeu_ps(xp + i, a);
+    _mm_storeu_ps(xp + i + 4, c);
+    _mm_storeu_ps(xp + i + 8, b);
+    _mm_storeu_ps(xp + i + 12, d);
+  }
+}
+
+template <int RO, int RN>
+void tile_avx2_bf16(const float* x, const float* xp, const char* w, size_t row_bytes, const float* b, float* y,
+                    int64_t in, int64_t ldy) {
+  __m256 acc[RO][RN];
+  HWAGA_UNROLL
+  for (int r = 0; r < RO; ++r)
+    HWAGA_UNROLL
+    for (int n = 0; n < RN; ++n) acc[r][n] = _mm256_setzero_ps();
+  const __m256i zero = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 16 <= in; i += 16) {
+    __m256 xl[RN], xh[RN];
+    HWAGA_UNROLL
+    for (int n = 0; n < RN; ++n) {
+      xl[n] = _mm256_loadu_ps(xp + n * in + i);
+      xh[n] = _mm256_loadu_ps(xp + n * in + i + 8);
+    }
+    HWAGA_UNROLL
+    for (int r = 0; r < RO; ++r) {
+      _mm_prefetch(w + (RO + r) * row_bytes + size_t(i) * 2, _MM_HINT_T1);
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * row_bytes + size_t(i) * 2));
+      const __m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
+      const __m256 hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
+      HWAGA_UNROLL
+      for (int n = 0; n < RN; ++n) acc[r][n] = _mm256_fmadd_ps(hi, xh[n], _mm256_fmadd_ps(lo, xl[n], acc[r][n]));
+    }
+  }
+  for (; i + 8 <= in; i += 8) {
+    HWAGA_UNROLL
+    for (int r = 0; r < RO; ++r) {
+      const __m256 wv = load8<DType::BF16>(w + r * row_bytes, i);
+      HWAGA_UNROLL
+      for (int n = 0; n < RN; ++n) acc[r][n] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + n * in + i), acc[r][n]);
+    }
+  }
+  HWAGA_UNROLL
+  for (int r = 0; r < RO; ++r)
+    HWAGA_UNROLL
+    for (int n = 0; n < RN; ++n) {
+      float s = hsum8(acc[r][n]);
+      for (int64_t t = i; t < in; ++t) s += load_scalar<DType::BF16>(w + r * row_bytes, t) * x[n * in + t];
+      y[n * ldy + r] = s + (b ? b[r] : 0.0f);
+    }
+}
+
+// 5-16 activation rows: the tiles above would convert (and fetch from L2) each weight row once
+// per pair of activation rows. Here 4 weight rows are converted to f32 once per chunk of KC
+// columns into an L1 buffer, then multiplied against pairs of activation rows (4x2
+// accumulators); the partial sums of all pairs stay in `part` across the chunks (as
+// tile8_many_avx512 does with 8x2).
+template <DType T>
+void tile4_many_avx2(const float* x, const char* w, size_t row_bytes, const float* b, float* y, int64_t N,
+                     int64_t in, int64_t ldy) {
+  constexpr int RO = 4, RN = 2;
+  constexpr int64_t KC = 512;
+  alignas(32) float wf[RO][KC];
+  alignas(32) __m256 part[kLinearGemvMaxRows / RN][RO][RN];
+  const int64_t NG = (N + RN - 1) / RN;
+  const int64_t in8 = in / 8 * 8;
+  for (int64_t k0 = 0; k0 < in8; k0 += KC) {
+    const int64_t kn = std::min(KC, in8 - k0);
+    HWAGA_UNROLL
+    for (int r = 0; r < RO; ++r)
+      for (int64_t v = 0; v < kn; v += 8) _mm256_store_ps(wf[r] + v, load8<T>(w + r * row_bytes, k0 + v));
+    for (int64_t g = 0; g < NG; ++g) {
+      const float* x0 = x + (g * RN) * in + k0;
+      const float* x1 = g * RN + 1 < N ? x0 + in : x0;  // odd N: the last pair repeats its row
+      __m256 acc[RO][RN];
+      HWAGA_UNROLL
+      for (int r = 0; r < RO; ++r)
+        HWAGA_UNROLL
+        for (int n = 0; n < RN; ++n) acc[r][n] = k0 == 0 ? _mm256_setzero_ps() : part[g][r][n];
+      for (int64_t v = 0; v < kn; v += 8) {
+        const __m256 xa = _mm256_loadu_ps(x0 + v), xb = _mm256_loadu_ps(x1 + v);
+        HWAGA_UNROLL
+        for (int r = 0; r < RO; ++r) {
+          const __m256 wv = _mm256_load_ps(wf[r] + v);
+          acc[r][0] = _mm256_fmadd_ps(wv, xa, acc[r][0]);
+          acc[r][1] = _mm256_fmadd_ps(wv, xb, acc[r][1]);
+        }
+      }
+      HWAGA_UNROLL
+      for (int r = 0; r < RO; ++r)
+        HWAGA_UNROLL
+        for (int n = 0; n < RN; ++n) part[g][r][n] = acc[r][n];
+    }
+  }
+  for (int64_t g = 0; g < NG; ++g)
+    for (int n = 0; n < RN && g * RN + n < N; ++n)
+      for (int r = 0; r < RO; ++r) {
+        const int64_t row = g * RN + n;
+        float s = in8 > 0 ? hsum8(part[g][r][n]) : 0.0f;
+        for (int64_t t = in8; t < in; ++t) s += load_scalar<T>(w + r * row_bytes, t) * x[row * in + t];
+        y[row * ldy + r] = s + (b ? b[r] : 0.0f);
+      }
+}
+
 template <DType T>
 void gemv_range_avx2(const float* x, const void* w, const float* b, float* y, int64_t N, int64_t in, int64_t out,
                      int64_t o0, int64_t o1) {
   const size_t rb = size_t(in) * dtype_size(T);
   const char* wb = static_cast<const char*>(w);
   int64_t o = o0;
+  if (N > 4) {  // blocks of up to kLinearGemvMaxRows rows (linear_gemv itself takes any N)
+    for (; o + 4 <= o1; o += 4)
+      for (int64_t n = 0; n < N; n += kLinearGemvMaxRows)
+        tile4_many_avx2<T>(x + n * in, wb + o * rb, rb, b ? b + o : nullptr, y + n * out + o,
+                           std::min(kLinearGemvMaxRows, N - n), in, out);
+  } else if constexpr (T == DType::BF16) {
+    thread_local std::vector<float> xp;
+    xp.resize(size_t(N * in));
+    for (int64_t n = 0; n < N; ++n) permute_x16(x + n * in, xp.data() + n * in, in);
+    for (; o + 4 <= o1; o += 4) {
+      int64_t n = 0;
+      for (; n + 2 <= N; n += 2)
+        tile_avx2_bf16<4, 2>(x + n * in, xp.data() + n * in, wb + o * rb, rb, b ? b + o : nullptr,
+                             y + n * out + o, in, out);
+      if (n < N)
+        tile_avx2_bf16<4, 1>(x + n * in, xp.data() + n * in, wb + o * rb, rb, b ? b + o : nullptr,
+                             y + n * out + o, in, out);
+    }
+  }
   for (; o + 4 <= o1; o += 4) {
     int64_t n = 0;
     for (; n + 2 <= N; n += 2)
