@@ -179,9 +179,12 @@ def main():
     print(f"model rq-cc3m-654m stage 2: {vals / 1e6:.0f} M weight values read per picture at batch 1 "
           f"({vals * 2 / 1e9:.1f} GB bf16 -> floor {vals * 2 / 1e9 / max(bw.get(2, 1), 1e-9):.1f} s at the "
           f"2-thread bandwidth)")
-    print(f"hwaga: bf16 weights, --threads {a.threads}, linear kernel {rows[0]['kernel']} GEMV (1-4 rows: 4x4 register "
-          f"tiles, bf16->f32 shift in registers, next-tile L2 prefetch; 5-16 rows: 8-row tiles converted to f32 "
-          f"once per 256 columns, 8x2 tiles; > 16 rows: convert + sgemm); "
+    tiles = {"avx512": "1-4 rows: 4x4 register tiles, bf16->f32 shift in registers, next-tile L2 prefetch; "
+                       "5-16 rows: 8-row tiles converted to f32 once per 256 columns, 8x2 tiles",
+             "avx2": "1-4 rows: 4x2 register tiles, 16 bf16 widened by two unpacks against a permuted x, next-tile "
+                     "L2 prefetch; 5-16 rows: 4-row tiles converted to f32 once per 512 columns, 4x2 tiles"}
+    print(f"hwaga: bf16 weights, --threads {a.threads}, linear kernel {rows[0]['kernel']} GEMV "
+          f"({tiles.get(rows[0]['kernel'], 'scalar')}; > 16 rows: convert + sgemm); "
           f"PyTorch: f32, torch.set_num_threads({a.threads})")
     print()
     print("| batch | hwaga s/pic | hwaga weight GB/s | PyTorch s/pic | PyTorch weight GB/s | speed-up | "
