@@ -26,11 +26,13 @@ import struct
 import sys
 
 import numpy as np
-import torch
 
 # One thread: the references run hundreds of tiny steps, where torch's thread pool only spins
 # (22 s instead of 1 s for a tiny sampling loop on a loaded 2-core machine). The scripts call
-# set_num_threads themselves, so it is pinned here.
+# set_num_threads themselves, so it is pinned here; OpenBLAS, which torch multiplies through
+# (tools/torch_blas.py), sizes its own pool from the environment when it loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import torch  # noqa: E402
 torch.set_num_threads(1)
 torch.set_num_threads = lambda n: None
 
