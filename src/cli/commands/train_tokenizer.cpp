@@ -76,6 +76,7 @@
 #include "train/checkpoint.h"
 #include "train/optim.h"
 #include "train/rqvae_trainer.h"
+#include "train/tokenizer_trainer.h"
 #include "train/train_log.h"
 #include "train/transformer_ops.h"
 #include "kernels/cpu/gemm.h"
@@ -171,89 +172,6 @@ std::string describe(const Stage1Config& c, int64_t params) {
                 c.is_rq() ? "RQ-VAE" : "VQGAN", c.net.resolution, c.net.resolution, c.code_shape[0], c.code_shape[1], c.code_shape[2], c.n_embed,
                 c.embed_dim, c.net.ch, mult.c_str(), c.net.num_res_blocks, human_count(params).c_str());
   return buf;
-}
-
-// ---- the two tokenizers behind one interface: the loop, checkpoints, resume, export and eval
-// below are the same for both ----
-
-struct TokStepStats {
-  double loss = 0, recon = 0, commitment = 0, perplexity = 0;
-  int64_t codes_used = 0, restarted = 0;
-};
-
-class TokenizerTrainer {
- public:
-  virtual ~TokenizerTrainer() = default;
-  virtual ParamSet& params() = 0;
-  // gradients added to params() (zero_grad first); step_seed seeds what the step draws
-  virtual TokStepStats train_step(const Tensor& x, uint64_t step_seed, const Stage1Terms& terms,
-                                  Stage1TermStats& ts) = 0;
-  virtual const Tensor& last_recon() const = 0;  // of the last train_step
-  virtual Tensor reconstruct(const Tensor& x) = 0;
-  virtual TensorMap model_tensors() const = 0;  // the "stage1.*" tensors of a model file
-  virtual void load_model_tensors(const TensorMap& m, const std::string& source) = 0;
-  virtual void dump_step(TensorMap& dump) const = 0;  // --dump-step: codes (and restart draws)
-  virtual nlohmann::json loss_options() = 0;          // recorded in the checkpoint's options
-  // data parallel: what the trainer shares beyond the gradients (the RQ-VAE's EMA codebook)
-  virtual void set_data_parallel(DataParallel*) {}
-};
-
-class RqvaeTokTrainer final : public TokenizerTrainer {
- public:
-  RqvaeTokTrainer(const Stage1Config& c, uint64_t seed) : t_(c, seed) {}
-  ParamSet& params() override { return t_.params(); }
-  TokStepStats train_step(const Tensor& x, uint64_t step_seed, const Stage1Terms& terms,
-                          Stage1TermStats& ts) override {
-    const RqvaeStepStats s = t_.train_step(x, step_seed, &terms);
-    ts = s.terms;
-    return {s.loss, s.recon, s.commitment, s.perplexity, s.codes_used, s.restarted};
-  }
-  const Tensor& last_recon() const override { return t_.last_recon(); }
-  Tensor reconstruct(const Tensor& x) override { return t_.reconstruct(x); }
-  TensorMap model_tensors() const override { return t_.model_tensors(); }
-  void load_model_tensors(const TensorMap& m, const std::string& src) override { t_.load_model_tensors(m, src); }
-  void dump_step(TensorMap& dump) const override {
-    dump["codes"] = t_.last_codes().clone();
-    for (size_t d = 0; d < t_.last_restart_vectors().size(); ++d)
-      dump["restart." + std::to_string(d)] = t_.last_restart_vectors()[d];
-  }
-  nlohmann::json loss_options() override {
-    return {{"commitment_weight", t_.options().commitment_weight}, {"decay", t_.options().decay}};
-  }
-  void set_data_parallel(DataParallel* dp) override { t_.set_data_parallel(dp); }
-
- private:
-  RqvaeTrainer t_;
-};
-
-class VqganTokTrainer final : public TokenizerTrainer {
- public:
-  VqganTokTrainer(const Stage1Config& c, uint64_t seed) : t_(c, seed) {}
-  ParamSet& params() override { return t_.params(); }
-  // a VQGAN step draws nothing
-  TokStepStats train_step(const Tensor& x, uint64_t, const Stage1Terms& terms, Stage1TermStats& ts) override {
-    const VqganStepStats s = t_.train_step(x, &terms);
-    ts = s.terms;
-    return {s.loss, s.recon, s.commitment, s.perplexity, s.codes_used, 0};
-  }
-  const Tensor& last_recon() const override { return t_.last_recon(); }
-  Tensor reconstruct(const Tensor& x) override { return t_.reconstruct(x); }
-  TensorMap model_tensors() const override { return t_.model_tensors(); }
-  void load_model_tensors(const TensorMap& m, const std::string& src) override { t_.load_model_tensors(m, src); }
-  void dump_step(TensorMap& dump) const override { dump["codes"] = t_.last_codes().clone(); }
-  void set_data_parallel(DataParallel* dp) override { t_.set_data_parallel(dp); }
-  nlohmann::json loss_options() override {
-    const VqganTrainOptions& o = t_.options();
-    return {{"recon", o.l1 ? "l1" : "mse"}, {"beta", o.beta}, {"legacy", o.legacy}};
-  }
-
- private:
-  VqganTrainer t_;
-};
-
-std::unique_ptr<TokenizerTrainer> make_trainer(const Stage1Config& c, uint64_t seed) {
-  if (c.is_rq()) return std::make_unique<RqvaeTokTrainer>(c, seed);
-  return std::make_unique<VqganTokTrainer>(c, seed);
 }
 
 // ---- fixed pictures (samples, eval) ----
@@ -357,7 +275,7 @@ int run_train_tokenizer(TokOptions opt) {
     check_output_dir(opt.output, "-o");
     apply_common(opt.common);
     const Stage1Config cfg = stage1_config_from_json(rmeta.at("config").at("stage1"), ckpt_path + ": train.config.stage1");
-    std::unique_ptr<TokenizerTrainer> trp = make_trainer(cfg, 0);
+    std::unique_ptr<TokenizerTrainer> trp = make_tokenizer_trainer(cfg, 0);
     TokenizerTrainer& tr = *trp;
     restore_checkpoint(resumed, ckpt_path, tr.params(), nullptr);
     const int64_t step = rmeta.at("step").get<int64_t>();
@@ -468,7 +386,7 @@ int run_train_tokenizer(TokOptions opt) {
   } else {
     cfg = opt.config.empty() ? preset_config(opt.preset) : read_config_file(opt.config);
   }
-  std::unique_ptr<TokenizerTrainer> trp = make_trainer(cfg, opt.seed);
+  std::unique_ptr<TokenizerTrainer> trp = make_tokenizer_trainer(cfg, opt.seed);
   TokenizerTrainer& tr = *trp;
   AdamW adam(AdamWOptions{float(opt.beta1), float(opt.beta2), 1e-8f, 0.0f});
   std::unique_ptr<Lpips> lpips;
