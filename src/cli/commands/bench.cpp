@@ -30,7 +30,7 @@
 #include "transformer/stage2_config.h"
 #include "transformer/text_to_image.h"
 
-namespace hwaga::cli {
+namespace hwaga::cli::bench_cmd {  // a namespace per command (unity build)
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -198,4 +198,4 @@ Command reg("bench", "Time text-to-image code generation (random weights of a pr
             });
 
 }  // namespace
-}  // namespace hwaga::cli
+}  // namespace hwaga::cli::bench_cmd

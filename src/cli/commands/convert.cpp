@@ -44,7 +44,7 @@
 #include "text/charbpe.h"
 #include "transformer/stage2_config.h"
 
-namespace hwaga::cli {
+namespace hwaga::cli::convert_cmd {  // a namespace per command (unity build)
 namespace {
 
 namespace fs = std::filesystem;
@@ -410,4 +410,4 @@ Command reg("convert", "Convert released PyTorch checkpoints into a hwaga model 
 });
 
 }  // namespace
-}  // namespace hwaga::cli
+}  // namespace hwaga::cli::convert_cmd

@@ -25,7 +25,7 @@
 #include "io/safetensors.h"
 #include "nn/image_tokenizer.h"
 
-namespace hwaga::cli {
+namespace hwaga::cli::decode_cmd {  // a namespace per command (unity build)
 namespace {
 
 struct DecodeOptions {
@@ -142,4 +142,4 @@ Command reg("decode", "Decode code stacks (.npy) into pictures with a model's im
 });
 
 }  // namespace
-}  // namespace hwaga::cli
+}  // namespace hwaga::cli::decode_cmd

@@ -18,7 +18,7 @@
 #include "io/safetensors.h"
 #include "nn/image_tokenizer.h"
 
-namespace hwaga::cli {
+namespace hwaga::cli::encode_cmd {  // a namespace per command (unity build)
 namespace {
 
 struct EncodeOptions {
@@ -78,4 +78,4 @@ Command reg("encode", "Encode pictures into code stacks (.npy) with a model's im
 });
 
 }  // namespace
-}  // namespace hwaga::cli
+}  // namespace hwaga::cli::encode_cmd

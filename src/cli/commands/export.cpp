@@ -20,7 +20,7 @@
 #include "t2i_options.h"
 #include "train/stage2_export.h"
 
-namespace hwaga::cli {
+namespace hwaga::cli::export_cmd {  // a namespace per command (unity build)
 namespace {
 
 struct ExportOptions {
@@ -80,4 +80,4 @@ Command reg("export", "Write a model file from a stage-2 training checkpoint", [
 });
 
 }  // namespace
-}  // namespace hwaga::cli
+}  // namespace hwaga::cli::export_cmd

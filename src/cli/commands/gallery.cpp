@@ -38,7 +38,7 @@
 #include "sample/rng.h"
 #include "t2i_options.h"
 
-namespace hwaga::cli {
+namespace hwaga::cli::gallery_cmd {  // a namespace per command (unity build)
 namespace {
 
 namespace fs = std::filesystem;
@@ -392,4 +392,4 @@ Command reg("gallery", "Draw pictures for a file of prompts into a folder with a
             });
 
 }  // namespace
-}  // namespace hwaga::cli
+}  // namespace hwaga::cli::gallery_cmd

@@ -33,7 +33,7 @@
 #include "progress.h"
 #include "t2i_options.h"
 
-namespace hwaga::cli {
+namespace hwaga::cli::generate_cmd {  // a namespace per command (unity build)
 namespace {
 
 constexpr const char* kPrefix = "hwaga generate: ";
@@ -182,4 +182,4 @@ Command reg("generate", "Draw pictures for a text prompt with a text-to-image mo
 });
 
 }  // namespace
-}  // namespace hwaga::cli
+}  // namespace hwaga::cli::generate_cmd

@@ -26,7 +26,7 @@
 #include "transformer/stage2_config.h"
 #include "transformer/text_to_image.h"
 
-namespace hwaga::cli {
+namespace hwaga::cli::info_cmd {  // a namespace per command (unity build)
 namespace {
 
 struct InfoOptions {
@@ -200,4 +200,4 @@ Command reg("info", "Show what a model file holds: config, architecture, paramet
 });
 
 }  // namespace
-}  // namespace hwaga::cli
+}  // namespace hwaga::cli::info_cmd

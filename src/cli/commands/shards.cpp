@@ -29,7 +29,7 @@
 #include "io/image.h"
 #include "sample/rng.h"
 
-namespace hwaga::cli {
+namespace hwaga::cli::shards_cmd {  // a namespace per command (unity build)
 namespace {
 
 namespace fs = std::filesystem;
@@ -233,4 +233,4 @@ Command reg("shards", "Pack text-image pairs into tar shards for training, or li
 });
 
 }  // namespace
-}  // namespace hwaga::cli
+}  // namespace hwaga::cli::shards_cmd

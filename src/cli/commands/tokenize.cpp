@@ -16,7 +16,7 @@
 #include "text/charbpe.h"
 #include "text/text_tokenizer.h"
 
-namespace hwaga::cli {
+namespace hwaga::cli::tokenize_cmd {  // a namespace per command (unity build)
 namespace {
 
 struct TokenizeOptions {
@@ -86,4 +86,4 @@ Command reg("tokenize", "Print the text tokenizer's ids for prompts (one JSON ar
 });
 
 }  // namespace
-}  // namespace hwaga::cli
+}  // namespace hwaga::cli::tokenize_cmd

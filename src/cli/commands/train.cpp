@@ -86,7 +86,7 @@
 #include "train/transformer_ops.h"
 #include "kernels/cpu/gemm.h"
 
-namespace hwaga::cli {
+namespace hwaga::cli::train_cmd {  // a namespace per command (unity build)
 namespace {
 
 namespace fs = std::filesystem;
@@ -747,4 +747,4 @@ Command reg("train", "Train the text-to-image transformer (stage 2) on tar shard
 });
 
 }  // namespace
-}  // namespace hwaga::cli
+}  // namespace hwaga::cli::train_cmd

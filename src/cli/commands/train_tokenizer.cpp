@@ -82,7 +82,7 @@
 #include "kernels/cpu/gemm.h"
 #include "train/vqgan_trainer.h"
 
-namespace hwaga::cli {
+namespace hwaga::cli::train_tokenizer_cmd {  // a namespace per command (unity build)
 namespace {
 
 namespace fs = std::filesystem;
@@ -719,4 +719,4 @@ Command reg("train-tokenizer", "Train the image tokenizer (stage 1: an RQ-VAE or
 });
 
 }  // namespace
-}  // namespace hwaga::cli
+}  // namespace hwaga::cli::train_tokenizer_cmd
