@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/vec_math.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -31,12 +32,7 @@ namespace hwaga::cpu {
 // elementwise
 
 void gelu_forward(const float* x, float* y, int64_t n) {
-  parallel_for(n, 4096, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const float v = x[i];
-      y[i] = 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
-    }
-  });
+  parallel_for(n, 4096, [&](int64_t i0, int64_t i1) { gelu_values(x + i0, y + i0, i1 - i0); });
 }
 
 void gather_rows_forward(const void* table, DType dtype, const int32_t* ids, float* out, int64_t N, int64_t C) {

@@ -14,6 +14,7 @@
 #include "backend/backend.h"
 #include "core/threads.h"
 #include "kernels/cpu/norm.h"
+#include "kernels/cpu/vec_math.h"
 #include "test_util.h"
 
 using namespace hwaga;
@@ -311,5 +312,46 @@ TEST_P(CpuOps, ActivationsOutliveBackendAndReusedBlocksAreRewritten) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Threads, CpuOps, ::testing::Values(1, 2));
+
+// The rational erf of vec_math.h against double erf on a dense grid: at most 4.3e-7 absolute
+// error was measured (at |x| ~ 3.62); 5e-7 is the bound. The AVX2 lanes and the scalar tail must
+// agree with it, and GELU's value and derivative (Φ(x) + x φ(x)) follow within the same error
+// scaled by |x|. Each array length leaves a scalar tail.
+TEST(VecMath, ErfAgainstDouble) {
+  std::vector<float> x;
+  for (double v = -10.0; v <= 10.0; v += 1.0 / 4096) x.push_back(float(v));
+  x.insert(x.end(), {0.0f, -0.0f, 1e-30f, -1e-30f, 4.0f, -4.0f, 1e30f, -1e30f});
+  double worst = 0;
+  for (float v : x) worst = std::max(worst, std::fabs(double(cpu::erf_scalar(v)) - std::erf(double(v))));
+  EXPECT_LE(worst, 5e-7) << "scalar erf";
+  EXPECT_EQ(cpu::erf_scalar(0.0f), 0.0f);
+  EXPECT_EQ(cpu::erf_scalar(50.0f), 1.0f);
+  EXPECT_EQ(cpu::erf_scalar(-50.0f), -1.0f);
+
+  const int64_t n = int64_t(x.size());  // not a multiple of 8
+  std::vector<float> y(x.size()), g(x.size()), ones(x.size(), 1.0f);
+  cpu::gelu_values(x.data(), y.data(), n);
+  cpu::gelu_grad_values(x.data(), ones.data(), g.data(), n);
+  double worst_y = 0, worst_g = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = x[size_t(i)];
+    if (std::fabs(v) > 1e6) continue;  // checked below
+    const double cdf = 0.5 * (1.0 + std::erf(v / std::sqrt(2.0)));
+    const double pdf = std::exp(-0.5 * v * v) / std::sqrt(2.0 * M_PI);
+    const double scale = std::max(1.0, std::fabs(v));
+    worst_y = std::max(worst_y, std::fabs(y[size_t(i)] - v * cdf) / scale);
+    worst_g = std::max(worst_g, std::fabs(g[size_t(i)] - (cdf + v * pdf)) / scale);
+  }
+  EXPECT_LE(worst_y, 1e-6) << "gelu";
+  EXPECT_LE(worst_g, 1e-6) << "gelu gradient";
+  EXPECT_EQ(y[size_t(n - 2)], 1e30f);   // gelu(1e30) = 1e30
+  EXPECT_EQ(y[size_t(n - 1)], -0.0f);   // gelu(-1e30) = -0
+  EXPECT_EQ(g[size_t(n - 2)], 1.0f);
+  EXPECT_EQ(g[size_t(n - 1)], 0.0f);
+  // In place (y aliases x) gives the same values.
+  std::vector<float> z = x;
+  cpu::gelu_values(z.data(), z.data(), n);
+  EXPECT_EQ(0, std::memcmp(z.data(), y.data(), y.size() * sizeof(float)));
+}
 
 }  // namespace
