@@ -209,6 +209,20 @@ class ScoringTest(unittest.TestCase):
         got = E.score_hits(nn, ["a", "b", "c", "d"], [{"d"}, {"c"}], ks=(1, 3))
         self.assertEqual(got, {"top1": 0.5, "top3": 1.0})
 
+    def test_reconstruction_retrieval_scores_each_picture_against_its_own_record(self):
+        rng = np.random.RandomState(1)
+        pool = rng.randint(0, 256, size=(8, 64, 64, 3)).astype(np.float32)
+        pool_recs = [{"base": "emoji%d" % (i // 2), "style": "google" if i % 2 else "twitter"} for i in range(8)]
+        feats = {"pixels": E.pixel_features(pool), "shape": E.shape_features(pool)}
+        # exact reconstructions of pictures 2, 5, 6: every one a hit
+        got = E.reconstruction_retrieval(pool[[2, 5, 6]], [pool_recs[i] for i in (2, 5, 6)], feats, pool_recs)
+        self.assertEqual(got, {"pixels": {"top1": 1.0, "top5": 1.0}, "shape": {"top1": 1.0, "top5": 1.0}})
+        # the same pictures filed under other records: top-1 misses (their nearest is themselves)
+        wrong = [pool_recs[0], pool_recs[0], pool_recs[1]]
+        got = E.reconstruction_retrieval(pool[[2, 5, 6]], wrong, feats, pool_recs)
+        self.assertEqual(got["pixels"]["top1"], 0.0)
+        self.assertEqual(got["shape"]["top1"], 0.0)
+
     def test_nearest_ties_go_to_the_lower_index(self):
         idx, _ = E.nearest(np.zeros((1, 2)), np.array([[1.0, 0], [0, 1.0], [0, 0], [0, 0]]), 3)
         self.assertEqual(idx.tolist(), [[2, 3, 0]])
@@ -336,6 +350,10 @@ class EndToEndTest(unittest.TestCase):
             self.assertTrue(0.0 <= rec[k] <= 100.0, (k, rec[k]))
         self.assertLessEqual(rec["psnr_min"], rec["psnr_mean"])
         self.assertTrue(0.0 <= rec["mae_mean"] <= 255.0)
+        self.assertEqual(set(rec["retrieval"]), {"pixels", "shape"})
+        for v in rec["retrieval"].values():
+            self.assertTrue(0.0 <= v["top1"] <= v["top5"] <= 1.0, v)
+        self.assertIn("(the ceiling), pixels: top-1", p.stdout)
 
         g = r["faithfulness"]
         self.assertEqual((g["captions"], g["pictures_per_caption"], g["seed"]), (3, 2, 7))  # 3 of the 4 eval captions

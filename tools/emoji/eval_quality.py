@@ -434,6 +434,8 @@ def psnr(ref, test):
 
 
 def reconstruction(run, model, records, work, batch, max_pictures):
+    """PSNR of encode + decode over the split's pictures (the first max_pictures when > 0).
+    Returns (report, the reconstructions as float [N,R,R,3] in [0,255])."""
     recs = records[:max_pictures] if max_pictures > 0 else records
     t0 = time.time()
     refs = on_white(np.stack(read_pngs([r["image"] for r in recs])))   # [N,64,64,3] float32
@@ -477,7 +479,7 @@ def reconstruction(run, model, records, work, batch, max_pictures):
         "seconds_read_pngs": round(t_read, 3),
         "seconds_hwaga": round(t_hwaga, 3),
         "seconds_per_picture": round(t_hwaga / max(1, len(recs)), 5),
-    }
+    }, rec
 
 
 # ---------------------------------------------------------------- 2. prompt faithfulness
@@ -550,6 +552,19 @@ def faithfulness_scores(gen_feats, n, prompt_recs, pool_feats, pool_recs, seed):
     return res
 
 
+def reconstruction_retrieval(rec_imgs, recs, pool_feats, pool_recs):
+    """The faithfulness metric applied to the tokenizer's reconstructions of real pictures, each
+    scored against its own record: the most a generator drawing through this tokenizer can score
+    for prompts that name these pictures (its ceiling)."""
+    labels = [(r["base"], r["style"]) for r in pool_recs]
+    targets = [{(r["base"], r["style"])} for r in recs]
+    out = {}
+    for name, feats in (("pixels", pixel_features), ("shape", shape_features)):
+        idx, _ = nearest(feats(rec_imgs), pool_feats[name], max(KS))
+        out[name] = score_hits(idx, labels, targets)
+    return out
+
+
 def pct(x):
     return "   -  " if x is None else "%5.1f%%" % (100.0 * x)
 
@@ -565,6 +580,9 @@ def build_table(report):
         lines.append("  PSNR mean %.2f dB, median %.2f, 10th pct %.2f, min %.2f; MAE %.2f / 255" % (
             r["psnr_mean"], r["psnr_median"], r["psnr_p10"], r["psnr_min"], r["mae_mean"]))
         lines.append("  " + ", ".join("%s %.2f dB" % (s, v["psnr_mean"]) for s, v in r["by_style"].items()))
+        for space, v in (r.get("retrieval") or {}).items():
+            lines.append("  the reconstructions scored as drawings of their own captions (the ceiling), %s: "
+                         "top-1 %s, top-5 %s" % (space, pct(v["top1"]).strip(), pct(v["top5"]).strip()))
     g = report.get("faithfulness")
     if g:
         lines.append("prompt faithfulness, %s split, %d captions x %d pictures, seed %d" % (
@@ -645,10 +663,22 @@ def evaluate(a):
     }
     work = tempfile.mkdtemp(prefix="hwaga-eval-")
     try:
+        pool = {}  # retrieval features of every real picture, computed once
+
+        def pool_feats():
+            if not pool:
+                imgs = on_white(np.stack(read_pngs([r["image"] for r in pool_recs])))
+                pool.update(pixels=pixel_features(imgs), shape=shape_features(imgs))
+            return pool
+
         if not a.skip_recon:
             t0 = time.time()
             log("reconstruction: %d pictures" % (a.max_recon_pictures or len(split_recs)))
-            report["reconstruction"] = reconstruction(run, a.model, split_recs, work, a.batch, a.max_recon_pictures)
+            report["reconstruction"], rec_imgs = reconstruction(run, a.model, split_recs, work, a.batch,
+                                                                a.max_recon_pictures)
+            report["reconstruction"]["retrieval"] = reconstruction_retrieval(
+                rec_imgs, split_recs[:len(rec_imgs)], pool_feats(), pool_recs)
+            del rec_imgs
             report["timings"]["reconstruction"] = round(time.time() - t0, 3)
         if not a.skip_generate:
             chosen = choose_prompts(split_recs, a.max_captions, a.seed)
@@ -670,11 +700,9 @@ def evaluate(a):
             report["hwaga"]["version"] = state.get("software")
             truncated = set(int(m) for m in re.findall(r"line \d+ \(prompt (\d+)\) has \d+ tokens", stderr))
             t0 = time.time()
-            pool_imgs = on_white(np.stack(read_pngs([r["image"] for r in pool_recs])))
             gen = imgs.reshape((-1,) + imgs.shape[2:]).astype(np.float32)
-            spaces = {"pixels": (pixel_features(pool_imgs), pixel_features(gen)),
-                      "shape": (shape_features(pool_imgs), shape_features(gen))}
-            del pool_imgs
+            spaces = {"pixels": (pool_feats()["pixels"], pixel_features(gen)),
+                      "shape": (pool_feats()["shape"], shape_features(gen))}
             langs_out, start = {}, 0
             for lang in langs:
                 recs = [r for _, r in sets[lang]]
