@@ -43,6 +43,24 @@ inline __m256 silu_avx2(__m256 x) {
 
 inline float silu_scalar(float x) { return x / (1.0f + std::exp(-x)); }
 
+// dx[i] = dy[i] s (1 + x (1 - s)), s = sigmoid(x[i]), for i < n (dx may alias dy).
+inline void silu_grad_values(const float* x, const float* dy, float* dx, int64_t n) {
+  int64_t i = 0;
+#ifdef HWAGA_VEC_AVX2
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+    const __m256 g = _mm256_mul_ps(s, _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one));
+    _mm256_storeu_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(dy + i), g));
+  }
+#endif
+  for (; i < n; ++i) {
+    const float s = 1.0f / (1.0f + std::exp(-x[i]));
+    dx[i] = dy[i] * (s + x[i] * s * (1.0f - s));
+  }
+}
+
 // ---- erf and the exact (erf) GELU ----
 inline constexpr float kErfP[7] = {-2.72614225801306e-10f, 2.77068142495902e-08f, -2.10102402082508e-06f,
                                    -5.69250639462346e-05f, -7.34990630326855e-04f, -2.95459980854025e-03f,
