@@ -6,6 +6,7 @@
 // against double erf (tests/unit/test_cpu_ops.cpp), where libm's erff (1 ulp) cost a call per
 // value and kept the GELU loops scalar: 12% of a stage-2 training step on one AVX2 core.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -43,22 +44,35 @@ inline __m256 silu_avx2(__m256 x) {
 
 inline float silu_scalar(float x) { return x / (1.0f + std::exp(-x)); }
 
-// dx[i] = dy[i] s (1 + x (1 - s)), s = sigmoid(x[i]), for i < n (dx may alias dy).
-inline void silu_grad_values(const float* x, const float* dy, float* dx, int64_t n) {
-  int64_t i = 0;
+// dx[i] = dy[i] s (1 + x (1 - s)), s = sigmoid(x[i]), for i < n (dx may alias dy). With AVX2 the
+// last n % 8 values go through the same vector code (padded), so every value is computed the
+// same way wherever a caller's chunks start: results do not depend on the thread count.
 #ifdef HWAGA_VEC_AVX2
+inline __m256 silu_grad_avx2(__m256 v, __m256 dy) {
   const __m256 one = _mm256_set1_ps(1.0f);
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
-    const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), v))));
-    const __m256 g = _mm256_mul_ps(s, _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one));
-    _mm256_storeu_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(dy + i), g));
-  }
+  const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+  return _mm256_mul_ps(dy, _mm256_mul_ps(s, _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one)));
+}
 #endif
-  for (; i < n; ++i) {
+
+inline void silu_grad_values(const float* x, const float* dy, float* dx, int64_t n) {
+#ifdef HWAGA_VEC_AVX2
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dx + i, silu_grad_avx2(_mm256_loadu_ps(x + i), _mm256_loadu_ps(dy + i)));
+  if (i < n) {
+    alignas(32) float xv[8] = {}, gv[8] = {};
+    std::copy(x + i, x + n, xv);
+    std::copy(dy + i, dy + n, gv);
+    _mm256_store_ps(gv, silu_grad_avx2(_mm256_load_ps(xv), _mm256_load_ps(gv)));
+    std::copy(gv, gv + (n - i), dx + i);
+  }
+#else
+  for (int64_t i = 0; i < n; ++i) {
     const float s = 1.0f / (1.0f + std::exp(-x[i]));
     dx[i] = dy[i] * (s + x[i] * s * (1.0f - s));
   }
+#endif
 }
 
 // ---- erf and the exact (erf) GELU ----
@@ -104,25 +118,37 @@ inline void gelu_values(const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] = 0.5f * x[i] * (1.0f + erf_scalar(x[i] * kInvSqrt2));
 }
 
-// dx[i] = dy[i] (Φ(x) + x φ(x)) for i < n (dx may alias dy).
-inline void gelu_grad_values(const float* x, const float* dy, float* dx, int64_t n) {
-  int64_t i = 0;
+// dx[i] = dy[i] (Φ(x) + x φ(x)) for i < n (dx may alias dy); the tail as in silu_grad_values.
 #ifdef HWAGA_VEC_AVX2
-  const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f), s = _mm256_set1_ps(kInvSqrt2);
-  const __m256 c = _mm256_set1_ps(kInvSqrt2Pi), mhalf = _mm256_set1_ps(-0.5f);
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
-    const __m256 cdf = _mm256_mul_ps(half, _mm256_add_ps(one, erf_avx2(_mm256_mul_ps(v, s))));
-    const __m256 pdf = _mm256_mul_ps(c, exp_avx2(_mm256_mul_ps(mhalf, _mm256_mul_ps(v, v))));
-    _mm256_storeu_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(dy + i), _mm256_fmadd_ps(v, pdf, cdf)));
-  }
+inline __m256 gelu_grad_avx2(__m256 v, __m256 dy) {
+  const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+  const __m256 cdf = _mm256_mul_ps(half, _mm256_add_ps(one, erf_avx2(_mm256_mul_ps(v, _mm256_set1_ps(kInvSqrt2)))));
+  const __m256 pdf = _mm256_mul_ps(_mm256_set1_ps(kInvSqrt2Pi),
+                                   exp_avx2(_mm256_mul_ps(_mm256_set1_ps(-0.5f), _mm256_mul_ps(v, v))));
+  return _mm256_mul_ps(dy, _mm256_fmadd_ps(v, pdf, cdf));
+}
 #endif
-  for (; i < n; ++i) {
+
+inline void gelu_grad_values(const float* x, const float* dy, float* dx, int64_t n) {
+#ifdef HWAGA_VEC_AVX2
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dx + i, gelu_grad_avx2(_mm256_loadu_ps(x + i), _mm256_loadu_ps(dy + i)));
+  if (i < n) {
+    alignas(32) float xv[8] = {}, gv[8] = {};
+    std::copy(x + i, x + n, xv);
+    std::copy(dy + i, dy + n, gv);
+    _mm256_store_ps(gv, gelu_grad_avx2(_mm256_load_ps(xv), _mm256_load_ps(gv)));
+    std::copy(gv, gv + (n - i), dx + i);
+  }
+#else
+  for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
     const float cdf = 0.5f * (1.0f + erf_scalar(v * kInvSqrt2));
     const float pdf = kInvSqrt2Pi * std::exp(-0.5f * v * v);
     dx[i] = dy[i] * (cdf + v * pdf);
   }
+#endif
 }
 
 // y[i] = exp(x[i] - shift) for i < n; returns the sum of the y[i] (accumulated in double).
