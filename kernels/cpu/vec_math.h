@@ -44,37 +44,6 @@ inline __m256 silu_avx2(__m256 x) {
 
 inline float silu_scalar(float x) { return x / (1.0f + std::exp(-x)); }
 
-// dx[i] = dy[i] s (1 + x (1 - s)), s = sigmoid(x[i]), for i < n (dx may alias dy). With AVX2 the
-// last n % 8 values go through the same vector code (padded), so every value is computed the
-// same way wherever a caller's chunks start: results do not depend on the thread count.
-#ifdef HWAGA_VEC_AVX2
-inline __m256 silu_grad_avx2(__m256 v, __m256 dy) {
-  const __m256 one = _mm256_set1_ps(1.0f);
-  const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), v))));
-  return _mm256_mul_ps(dy, _mm256_mul_ps(s, _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one)));
-}
-#endif
-
-inline void silu_grad_values(const float* x, const float* dy, float* dx, int64_t n) {
-#ifdef HWAGA_VEC_AVX2
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(dx + i, silu_grad_avx2(_mm256_loadu_ps(x + i), _mm256_loadu_ps(dy + i)));
-  if (i < n) {
-    alignas(32) float xv[8] = {}, gv[8] = {};
-    std::copy(x + i, x + n, xv);
-    std::copy(dy + i, dy + n, gv);
-    _mm256_store_ps(gv, silu_grad_avx2(_mm256_load_ps(xv), _mm256_load_ps(gv)));
-    std::copy(gv, gv + (n - i), dx + i);
-  }
-#else
-  for (int64_t i = 0; i < n; ++i) {
-    const float s = 1.0f / (1.0f + std::exp(-x[i]));
-    dx[i] = dy[i] * (s + x[i] * s * (1.0f - s));
-  }
-#endif
-}
-
 // ---- erf and the exact (erf) GELU ----
 inline constexpr float kErfP[7] = {-2.72614225801306e-10f, 2.77068142495902e-08f, -2.10102402082508e-06f,
                                    -5.69250639462346e-05f, -7.34990630326855e-04f, -2.95459980854025e-03f,
@@ -118,7 +87,9 @@ inline void gelu_values(const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] = 0.5f * x[i] * (1.0f + erf_scalar(x[i] * kInvSqrt2));
 }
 
-// dx[i] = dy[i] (Φ(x) + x φ(x)) for i < n (dx may alias dy); the tail as in silu_grad_values.
+// dx[i] = dy[i] (Φ(x) + x φ(x)) for i < n (dx may alias dy). With AVX2 the last n % 8 values go
+// through the same vector code (padded), so every value is computed the same way wherever a
+// caller's chunks start: results do not depend on the thread count.
 #ifdef HWAGA_VEC_AVX2
 inline __m256 gelu_grad_avx2(__m256 v, __m256 dy) {
   const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);

@@ -11,7 +11,6 @@
 #include "core/threads.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/gemm.h"
-#include "kernels/cpu/vec_math.h"
 #include "train/transformer_ops.h"
 
 namespace hwaga::train {
@@ -350,7 +349,12 @@ void max_pool2x2_backward(const float* x, const float* dy, float* dx, int64_t P,
 void silu_forward(const float* x, float* y, int64_t n) { cpu::silu_forward(x, y, n); }
 
 void silu_backward(const float* x, const float* dy, float* dx, int64_t n) {
-  parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) { cpu::silu_grad_values(x + i0, dy + i0, dx + i0, i1 - i0); });
+  parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float s = 1.0f / (1.0f + std::exp(-x[i]));
+      dx[i] = dy[i] * (s + x[i] * s * (1.0f - s));
+    }
+  });
 }
 
 void upsample_nearest2x_forward(const float* x, float* y, int64_t P, int64_t H, int64_t W) {

@@ -354,28 +354,6 @@ TEST(VecMath, ErfAgainstDouble) {
   EXPECT_EQ(0, std::memcmp(z.data(), y.data(), y.size() * sizeof(float)));
 }
 
-// SiLU's derivative s (1 + x (1 - s)), s = sigmoid(x), through exp_avx2 (2e-7 relative) and its
-// scalar tail, against double: within 1e-6 relative to max(1, |x|) on [-30, 30].
-TEST(VecMath, SiluGradientAgainstDouble) {
-  std::vector<float> x, dy;
-  for (double v = -30.0; v <= 30.0; v += 1.0 / 1024) {
-    x.push_back(float(v));
-    dy.push_back(float(0.5 + std::fmod(std::fabs(v), 1.0)));
-  }
-  std::vector<float> dx(x.size());
-  cpu::silu_grad_values(x.data(), dy.data(), dx.data(), int64_t(x.size()));
-  double worst = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double v = x[i], s = 1.0 / (1.0 + std::exp(-v));
-    const double want = double(dy[i]) * s * (1.0 + v * (1.0 - s));
-    worst = std::max(worst, std::fabs(dx[i] - want) / std::max(1.0, std::fabs(v)));
-  }
-  EXPECT_LE(worst, 1e-6);
-  std::vector<float> inplace = dy;  // dx aliasing dy
-  cpu::silu_grad_values(x.data(), inplace.data(), inplace.data(), int64_t(x.size()));
-  EXPECT_EQ(0, std::memcmp(inplace.data(), dx.data(), dx.size() * sizeof(float)));
-}
-
 // Every value is computed the same way wherever a chunk starts (the vector tail is padded, not
 // scalar), so the training ops give the same bits for any thread count: one call over the array
 // against calls over chunks of 13.
@@ -386,7 +364,7 @@ TEST(VecMath, ChunkingDoesNotChangeTheBits) {
   std::vector<float> x(n), dy(n);
   for (int64_t i = 0; i < n; ++i) x[size_t(i)] = nd(rng), dy[size_t(i)] = nd(rng);
   using Fn = void (*)(const float*, const float*, float*, int64_t);
-  const Fn fns[] = {cpu::gelu_grad_values, cpu::silu_grad_values,
+  const Fn fns[] = {cpu::gelu_grad_values,
                     [](const float* a, const float*, float* o, int64_t m) { cpu::gelu_values(a, o, m); }};
   for (Fn f : fns) {
     std::vector<float> whole(n), chunked(n);
