@@ -7,7 +7,7 @@ namespace hwaga::train {
 void save_checkpoint(const std::string& path, const ParamSet& ps, const AdamW* opt, const TensorMap& extra,
                      nlohmann::json meta) {
   if (!meta.contains("step")) throw Error("save_checkpoint: the metadata has no \"step\"");
-  TensorMap all = ps.values();
+  TensorMap all = ps.host_values();
   if (opt) {
     opt->save_state(ps, all);
     meta["optimizer_steps"] = opt->steps();

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "train/train_ops.h"
 
 namespace hwaga::train {
 
@@ -267,10 +268,11 @@ void DataParallel::all_reduce_grads(ParamSet& ps, float scale, double* extra, in
   for (auto& p : ps.all())
     if (p->grad.defined()) total += p->numel();
   grads_.resize(size_t(total));
+  TrainOps& ops = ps.ops();  // gradients on a GPU travel through the host
   int64_t o = 0;
   for (auto& p : ps.all())
     if (p->grad.defined()) {
-      std::memcpy(grads_.data() + o, p->g(), size_t(p->numel()) * sizeof(float));
+      ops.read(grads_.data() + o, p->g(), size_t(p->numel()) * sizeof(float));
       o += p->numel();
     }
   reduce_impl(grads_.data(), o);
@@ -278,8 +280,9 @@ void DataParallel::all_reduce_grads(ParamSet& ps, float scale, double* extra, in
   o = 0;
   for (auto& p : ps.all())
     if (p->grad.defined()) {
-      float* g = p->g();
-      for (int64_t i = 0; i < p->numel(); ++i) g[i] = grads_[size_t(o + i)] * scale;
+      float* g = grads_.data() + o;
+      for (int64_t i = 0; i < p->numel(); ++i) g[i] *= scale;
+      ops.write(p->g(), g, size_t(p->numel()) * sizeof(float));
       o += p->numel();
     }
 }

@@ -34,12 +34,15 @@ struct GptBlockActs {
   Tensor f, g;                // [R,4C] mlp.0 output, GELU(f)
 };
 
-// x [R,C] -> y [R,C]; fills `a`. Dropout masks come from (seed, stream0) and (seed, stream0 + 1).
-void gpt_block_forward(const GptBlockParams& p, GptBlockActs& a, const float* x, float* y, int64_t Bs, int64_t T,
+class TrainOps;
+
+// x [R,C] -> y [R,C] on the device of `ops` (the parameters' device); fills `a`. Dropout masks
+// come from (seed, stream0) and (seed, stream0 + 1).
+void gpt_block_forward(TrainOps& ops, const GptBlockParams& p, GptBlockActs& a, const float* x, float* y, int64_t Bs, int64_t T,
                        int64_t C, int64_t H, float dropout, uint64_t seed, uint64_t stream0);
 // dy [R,C] (overwritten as scratch) -> dx [R,C] (written; may not alias dy). Parameter gradients
 // are added to p.*->grad.
-void gpt_block_backward(const GptBlockParams& p, const GptBlockActs& a, float* dy, float* dx, int64_t Bs, int64_t T,
+void gpt_block_backward(TrainOps& ops, const GptBlockParams& p, const GptBlockActs& a, float* dy, float* dx, int64_t Bs, int64_t T,
                         int64_t C, int64_t H, float dropout, uint64_t seed, uint64_t stream0);
 
 }  // namespace hwaga::train

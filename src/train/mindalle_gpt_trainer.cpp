@@ -1,10 +1,12 @@
 #include "train/mindalle_gpt_trainer.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
 #include "train/gpt_block_train.h"
-#include "train/transformer_ops.h"
+#include "train/train_ops.h"
+#include "train/transformer_ops.h"  // dropout_stream
 
 namespace hwaga::train {
 
@@ -33,6 +35,7 @@ MindalleGptTrainer::MindalleGptTrainer(const MindalleGptConfig& cfg, GptTrainerO
 }
 
 void MindalleGptTrainer::init_weights(uint64_t seed) {
+  HWAGA_CHECK(ps_.device() == Device::CPU, "mindalle-gpt trainer: init_weights before to_device");
   uint64_t stream = 0;
   for (auto& p : ps_.all()) {
     const std::string& n = p->name;
@@ -65,9 +68,6 @@ void MindalleGptTrainer::check_batch(const GptBatch& b) const {
                 c.ptr<int32_t>()[i], " outside [0, ", cfg_.vocab_size_img, ")");
 }
 
-// ---------------------------------------------------------------- one block
-
-
 // ---------------------------------------------------------------- the model
 
 GptLoss MindalleGptTrainer::forward_backward(const GptBatch& batch, uint64_t dropout_seed, int64_t step,
@@ -82,122 +82,129 @@ GptLoss MindalleGptTrainer::evaluate(const GptBatch& batch, Tensor* logits, Tens
 GptLoss MindalleGptTrainer::run(const GptBatch& batch, bool backward, float dropout, uint64_t seed, int64_t step,
                                 Tensor* logits_out, Tensor* text_logits_out, const LossNorm& norm) {
   check_batch(batch);
+  TrainOps& o = ops();
   const int64_t B = batch.codes.dim(0), C = cfg_.embed_dim, K = cfg_.vocab_size_img, V = cfg_.vocab_size_txt;
   const int64_t L = cfg_.ctx_len_txt, T = cfg_.ctx_len_img, S = L + T - 1, Tm = T - 1;
-  const int32_t* codes = batch.codes.ptr<int32_t>();  // [B,T] raster order
-  const int32_t* text = batch.text.ptr<int32_t>();    // [B,L]
+  const int32_t* codes_host = batch.codes.ptr<int32_t>();  // [B,T] raster order
+  const int32_t* text_host = batch.text.ptr<int32_t>();    // [B,L]
+  const Tensor codes_t = on_device(o, batch.codes), text_t = on_device(o, batch.text);
+  const int32_t* codes = codes_t.ptr<int32_t>();
+  const int32_t* text = text_t.ptr<int32_t>();
 
   // ---- input X [B*S,C]: [txt_i + pos_txt_i]_{i<L} ++ [img_j + pos_img_j]_{j<T-1} ----
-  std::vector<int32_t> img_in(size_t(B * Tm));  // the codes fed as inputs (all but the last)
+  Tensor img_in = Tensor::empty({B * Tm}, DType::I32);  // the codes fed as inputs (all but the last)
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t j = 0; j < Tm; ++j) img_in[size_t(b * Tm + j)] = codes[b * T + j];
-  Tensor X = Tensor::empty({B * S, C});
+    for (int64_t j = 0; j < Tm; ++j) img_in.ptr<int32_t>()[b * Tm + j] = codes_host[b * T + j];
+  img_in = on_device(o, img_in);
+  Tensor X = o.empty({B * S, C});
   {
-    Tensor Xt = Tensor::empty({B * L, C}), Xi = Tensor::empty({B * Tm, C});
-    embedding_fwd(tok_emb_txt_->v(), text, Xt.f32(), B * L, C);
-    add_pos_fwd(Xt.f32(), pos_emb_txt_->v(), B * L, L, C);
+    Tensor Xt = o.empty({B * L, C}), Xi = o.empty({B * Tm, C});
+    o.embedding_fwd(tok_emb_txt_->v(), text, Xt.f32(), B * L, C);
+    o.add_pos_fwd(Xt.f32(), pos_emb_txt_->v(), B * L, L, C);
     if (Tm > 0) {
-      embedding_fwd(tok_emb_img_->v(), img_in.data(), Xi.f32(), B * Tm, C);
-      add_pos_fwd(Xi.f32(), pos_emb_img_->v(), B * Tm, Tm, C);  // rows 0..T-2 of pos_emb_img
+      o.embedding_fwd(tok_emb_img_->v(), img_in.ptr<int32_t>(), Xi.f32(), B * Tm, C);
+      o.add_pos_fwd(Xi.f32(), pos_emb_img_->v(), B * Tm, Tm, C);  // rows 0..T-2 of pos_emb_img
     }
-    for (int64_t b = 0; b < B; ++b) {
-      std::memcpy(X.f32() + b * S * C, Xt.f32() + b * L * C, size_t(L * C) * sizeof(float));
-      std::memcpy(X.f32() + (b * S + L) * C, Xi.f32() + b * Tm * C, size_t(Tm * C) * sizeof(float));
-    }
+    o.copy_rows(X.f32(), Xt.f32(), {.blocks = B, .rows = L, .C = C, .dst_block = S, .src_block = L}, false);
+    o.copy_rows(X.f32(), Xi.f32(), {.blocks = B, .rows = Tm, .C = C, .dst_block = S, .dst_off = L, .src_block = Tm},
+                false);
   }
 
   // ---- the causal stack ----
   std::vector<GptBlockActs> acts(blocks_.size());
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    Tensor Y = Tensor::empty({B * S, C});
-    gpt_block_forward(blocks_[i], acts[i], X.f32(), Y.f32(), B, S, C, cfg_.n_heads, dropout, seed, dropout_stream(step, uint32_t(2 * i)));
+    Tensor Y = o.empty({B * S, C});
+    gpt_block_forward(o, blocks_[i], acts[i], X.f32(), Y.f32(), B, S, C, cfg_.n_heads, dropout, seed,
+                      dropout_stream(step, uint32_t(2 * i)));
     X = Y;
   }
   const Tensor out = X;  // [B*S,C] before ln_f
 
   // ---- ln_f on every output; the heads read disjoint rows ----
-  Tensor lnf_mean = Tensor::empty({B * S}), lnf_rstd = Tensor::empty({B * S}), Hs = Tensor::empty({B * S, C});
-  layer_norm_fwd(out.f32(), ln_f_w_->v(), ln_f_b_->v(), Hs.f32(), lnf_mean.f32(), lnf_rstd.f32(), B * S, C,
-                 kStage2LnEps);
+  Tensor lnf_mean = o.empty({B * S}), lnf_rstd = o.empty({B * S}), Hs = o.empty({B * S, C});
+  o.layer_norm_fwd(out.f32(), ln_f_w_->v(), ln_f_b_->v(), Hs.f32(), lnf_mean.f32(), lnf_rstd.f32(), B * S, C,
+                   kStage2LnEps);
   const int64_t NI = B * T, NT = B * (L - 1);
-  Tensor Hi = Tensor::empty({NI, C});  // outputs L-1..S-1: predict codes 0..T-1
-  for (int64_t b = 0; b < B; ++b)
-    std::memcpy(Hi.f32() + b * T * C, Hs.f32() + (b * S + L - 1) * C, size_t(T * C) * sizeof(float));
-  Tensor logits = Tensor::empty({NI, K});
-  linear_fwd(Hi.f32(), head_img_->v(), nullptr, logits.f32(), NI, C, K);
+  Tensor Hi = o.empty({NI, C});  // outputs L-1..S-1: predict codes 0..T-1
+  o.copy_rows(Hi.f32(), Hs.f32(), {.blocks = B, .rows = T, .C = C, .dst_block = T, .src_block = S, .src_off = L - 1},
+              false);
+  Tensor logits = o.empty({NI, K});
+  o.linear_fwd(Hi.f32(), head_img_->v(), nullptr, logits.f32(), NI, C, K);
   GptLoss res;
-  std::vector<float> wi(size_t(NI), 1.0f / float(norm.image_targets > 0 ? norm.image_targets : NI));
-  Tensor dlogits = backward ? Tensor::empty({NI, K}) : Tensor();
-  res.image_loss = cross_entropy(logits.f32(), codes, wi.data(), backward ? dlogits.f32() : nullptr, opt_.image_weight,
-                                 NI, K);
-  if (logits_out) *logits_out = logits.reshape({B, batch.codes.dim(1), batch.codes.dim(2), 1, K});
+  Tensor wi = Tensor::empty({NI});
+  std::fill(wi.f32(), wi.f32() + NI, 1.0f / float(norm.image_targets > 0 ? norm.image_targets : NI));
+  wi = on_device(o, wi);
+  Tensor dlogits = backward ? o.empty({NI, K}) : Tensor();
+  res.image_loss = o.cross_entropy(logits.f32(), codes, wi.f32(), backward ? dlogits.f32() : nullptr,
+                                   opt_.image_weight, NI, K);
+  if (logits_out) *logits_out = to_host(o, logits).reshape({B, batch.codes.dim(1), batch.codes.dim(2), 1, K});
   logits = Tensor();
 
   // ---- text head: outputs 0..L-2 predict y_1..y_{L-1}, PAD targets left out ----
   Tensor Ht, dtxt;
   if (NT > 0) {
-    Ht = Tensor::empty({NT, C});
-    std::vector<int32_t> tgt(static_cast<size_t>(NT));
-    std::vector<float> wt(static_cast<size_t>(NT), 0.0f);
-    for (int64_t b = 0; b < B; ++b) {
-      std::memcpy(Ht.f32() + b * (L - 1) * C, Hs.f32() + b * S * C, size_t((L - 1) * C) * sizeof(float));
-      for (int64_t t = 0; t + 1 < L; ++t) tgt[size_t(b * (L - 1) + t)] = text[b * L + t + 1];
-    }
+    Ht = o.empty({NT, C});
+    o.copy_rows(Ht.f32(), Hs.f32(), {.blocks = B, .rows = L - 1, .C = C, .dst_block = L - 1, .src_block = S}, false);
+    Tensor tgt = Tensor::empty({NT}, DType::I32), wt = Tensor::zeros({NT});
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t + 1 < L; ++t) tgt.ptr<int32_t>()[b * (L - 1) + t] = text_host[b * L + t + 1];
     for (int64_t n = 0; n < NT; ++n)
-      if (tgt[size_t(n)] != opt_.text_pad_id) res.text_targets++;
+      if (tgt.ptr<int32_t>()[n] != opt_.text_pad_id) res.text_targets++;
     for (int64_t n = 0; n < NT; ++n)
-      if (tgt[size_t(n)] != opt_.text_pad_id)
-        wt[size_t(n)] = 1.0f / float(norm.text_targets > 0 ? norm.text_targets : res.text_targets);
-    Tensor tl = Tensor::empty({NT, V});
-    linear_fwd(Ht.f32(), head_txt_->v(), nullptr, tl.f32(), NT, C, V);
-    if (backward) dtxt = Tensor::empty({NT, V});
+      if (tgt.ptr<int32_t>()[n] != opt_.text_pad_id)
+        wt.f32()[n] = 1.0f / float(norm.text_targets > 0 ? norm.text_targets : res.text_targets);
+    tgt = on_device(o, tgt);
+    wt = on_device(o, wt);
+    Tensor tl = o.empty({NT, V});
+    o.linear_fwd(Ht.f32(), head_txt_->v(), nullptr, tl.f32(), NT, C, V);
+    if (backward) dtxt = o.empty({NT, V});
     if (res.text_targets > 0)
-      res.text_loss =
-          cross_entropy(tl.f32(), tgt.data(), wt.data(), backward ? dtxt.f32() : nullptr, opt_.text_weight, NT, V);
+      res.text_loss = o.cross_entropy(tl.f32(), tgt.ptr<int32_t>(), wt.f32(), backward ? dtxt.f32() : nullptr,
+                                      opt_.text_weight, NT, V);
     else if (backward)
-      std::memset(dtxt.data(), 0, dtxt.nbytes());
-    if (text_logits_out) *text_logits_out = tl.reshape({B, L - 1, V});
+      o.fill(dtxt.f32(), NT * V, 0.0f);
+    if (text_logits_out) *text_logits_out = to_host(o, tl).reshape({B, L - 1, V});
   }
   res.loss = double(opt_.image_weight) * res.image_loss + double(opt_.text_weight) * res.text_loss;
   if (!backward) return res;
 
   // ================================================================ backward
   // heads -> dHs [B*S,C] (text rows 0..L-2 and image rows L-1..S-1 cover every row once)
-  Tensor dHs = Tensor::empty({B * S, C});
+  Tensor dHs = o.empty({B * S, C});
   {
-    Tensor dHi = Tensor::empty({NI, C});
-    linear_bwd(Hi.f32(), head_img_->v(), dlogits.f32(), dHi.f32(), head_img_->g(), nullptr, NI, C, K);
+    Tensor dHi = o.empty({NI, C});
+    o.linear_bwd(Hi.f32(), head_img_->v(), dlogits.f32(), dHi.f32(), head_img_->g(), nullptr, NI, C, K);
     dlogits = Tensor();
-    for (int64_t b = 0; b < B; ++b)
-      std::memcpy(dHs.f32() + (b * S + L - 1) * C, dHi.f32() + b * T * C, size_t(T * C) * sizeof(float));
+    o.copy_rows(dHs.f32(), dHi.f32(),
+                {.blocks = B, .rows = T, .C = C, .dst_block = S, .dst_off = L - 1, .src_block = T}, false);
   }
   if (NT > 0) {
-    Tensor dHt = Tensor::empty({NT, C});
-    linear_bwd(Ht.f32(), head_txt_->v(), dtxt.f32(), dHt.f32(), head_txt_->g(), nullptr, NT, C, V);
-    for (int64_t b = 0; b < B; ++b)
-      std::memcpy(dHs.f32() + b * S * C, dHt.f32() + b * (L - 1) * C, size_t((L - 1) * C) * sizeof(float));
+    Tensor dHt = o.empty({NT, C});
+    o.linear_bwd(Ht.f32(), head_txt_->v(), dtxt.f32(), dHt.f32(), head_txt_->g(), nullptr, NT, C, V);
+    o.copy_rows(dHs.f32(), dHt.f32(), {.blocks = B, .rows = L - 1, .C = C, .dst_block = S, .src_block = L - 1},
+                false);
   }
-  Tensor dX = Tensor::empty({B * S, C});
-  layer_norm_bwd(out.f32(), ln_f_w_->v(), lnf_mean.f32(), lnf_rstd.f32(), dHs.f32(), dX.f32(), ln_f_w_->g(),
-                 ln_f_b_->g(), B * S, C);
+  Tensor dX = o.empty({B * S, C});
+  o.layer_norm_bwd(out.f32(), ln_f_w_->v(), lnf_mean.f32(), lnf_rstd.f32(), dHs.f32(), dX.f32(), ln_f_w_->g(),
+                   ln_f_b_->g(), B * S, C);
   dHs = Tensor();
   for (size_t i = blocks_.size(); i-- > 0;) {
-    Tensor dXin = Tensor::empty({B * S, C});
-    gpt_block_backward(blocks_[i], acts[i], dX.f32(), dXin.f32(), B, S, C, cfg_.n_heads, dropout, seed, dropout_stream(step, uint32_t(2 * i)));
+    Tensor dXin = o.empty({B * S, C});
+    gpt_block_backward(o, blocks_[i], acts[i], dX.f32(), dXin.f32(), B, S, C, cfg_.n_heads, dropout, seed,
+                       dropout_stream(step, uint32_t(2 * i)));
     acts[i] = GptBlockActs();
     dX = dXin;
   }
   // input rows -> token tables and positional tables
-  Tensor dXt = Tensor::empty({B * L, C}), dXi = Tensor::empty({B * Tm, C});
-  for (int64_t b = 0; b < B; ++b) {
-    std::memcpy(dXt.f32() + b * L * C, dX.f32() + b * S * C, size_t(L * C) * sizeof(float));
-    std::memcpy(dXi.f32() + b * Tm * C, dX.f32() + (b * S + L) * C, size_t(Tm * C) * sizeof(float));
-  }
-  embedding_bwd(text, dXt.f32(), tok_emb_txt_->g(), B * L, C);
-  add_pos_bwd(dXt.f32(), pos_emb_txt_->g(), B * L, L, C);
+  Tensor dXt = o.empty({B * L, C}), dXi = o.empty({B * Tm, C});
+  o.copy_rows(dXt.f32(), dX.f32(), {.blocks = B, .rows = L, .C = C, .dst_block = L, .src_block = S}, false);
+  o.copy_rows(dXi.f32(), dX.f32(), {.blocks = B, .rows = Tm, .C = C, .dst_block = Tm, .src_block = S, .src_off = L},
+              false);
+  o.embedding_bwd(text, dXt.f32(), tok_emb_txt_->g(), B * L, C);
+  o.add_pos_bwd(dXt.f32(), pos_emb_txt_->g(), B * L, L, C);
   if (Tm > 0) {
-    embedding_bwd(img_in.data(), dXi.f32(), tok_emb_img_->g(), B * Tm, C);
-    add_pos_bwd(dXi.f32(), pos_emb_img_->g(), B * Tm, Tm, C);
+    o.embedding_bwd(img_in.ptr<int32_t>(), dXi.f32(), tok_emb_img_->g(), B * Tm, C);
+    o.add_pos_bwd(dXi.f32(), pos_emb_img_->g(), B * Tm, Tm, C);
   }
   return res;
 }

@@ -33,6 +33,7 @@
 #include "core/tensor.h"
 #include "train/gpt_block_train.h"
 #include "train/param.h"
+#include "train/train_ops.h"
 #include "train/rq_transformer_trainer.h"  // RqBatch, RqLoss (model-neutral), fill_normal, stage2_param_kind
 #include "transformer/stage2_config.h"
 
@@ -54,6 +55,13 @@ class MindalleGptTrainer {
  public:
   // Parameters start at 0; call init_weights or load them (params().load_values).
   explicit MindalleGptTrainer(const MindalleGptConfig& cfg, GptTrainerOptions opt = {});
+
+  // Moves the parameters onto the device of `ops`; forward_backward then runs there.
+  void to_device(TrainOps& ops) {
+    ps_.to_device(ops);
+    ops_ = &ops;
+  }
+  TrainOps& ops() const { return ops_ ? *ops_ : cpu_train_ops(); }
 
   ParamSet& params() { return ps_; }
   const ParamSet& params() const { return ps_; }
@@ -87,6 +95,7 @@ class MindalleGptTrainer {
   std::vector<GptBlockParams> blocks_;
   Param *tok_emb_img_, *tok_emb_txt_, *pos_emb_img_, *pos_emb_txt_;
   Param *ln_f_w_, *ln_f_b_, *head_img_, *head_txt_;
+  TrainOps* ops_ = nullptr;
 };
 
 }  // namespace hwaga::train

@@ -5,6 +5,7 @@
 #include <numbers>
 
 #include "core/threads.h"
+#include "train/train_ops.h"
 
 namespace hwaga::train {
 
@@ -12,15 +13,19 @@ void AdamW::ensure(const ParamSet& ps) {
   if (m_.size() == ps.all().size()) return;
   m_.clear();
   v_.clear();
+  TrainOps& ops = ps.ops();
   for (auto& p : ps.all()) {
     bool trainable = p->kind != ParamKind::buffer;
-    m_.push_back(trainable ? Tensor::zeros(p->value.shape()) : Tensor());
-    v_.push_back(trainable ? Tensor::zeros(p->value.shape()) : Tensor());
+    m_.push_back(trainable ? ops.zeros(p->value.shape()) : Tensor());
+    v_.push_back(trainable ? ops.zeros(p->value.shape()) : Tensor());
   }
 }
 
 void AdamW::step(ParamSet& ps, float lr) {
   ensure(ps);
+  HWAGA_CHECK(m_.empty() || !m_[0].defined() || m_[0].device() == ps.device(),
+              "AdamW: the moments live on another device than the parameters");
+  TrainOps& ops = ps.ops();
   t_++;
   const float b1 = opt_.beta1, b2 = opt_.beta2, eps = opt_.eps;
   const double bc1 = 1.0 - std::pow(double(b1), double(t_));
@@ -32,18 +37,7 @@ void AdamW::step(ParamSet& ps, float lr) {
     Param& p = *all[i];
     if (p.kind == ParamKind::buffer) continue;
     const float decay = p.kind == ParamKind::weight ? 1.0f - lr * opt_.weight_decay : 1.0f;
-    float* w = p.v();
-    const float* g = p.g();
-    float* m = m_[i].f32();
-    float* v = v_[i].f32();
-    parallel_for(p.numel(), 1 << 14, [&](int64_t b, int64_t e) {
-      for (int64_t j = b; j < e; j++) {
-        w[j] *= decay;
-        m[j] = b1 * m[j] + (1 - b1) * g[j];
-        v[j] = b2 * v[j] + (1 - b2) * g[j] * g[j];
-        w[j] -= step_size * m[j] / (std::sqrt(v[j]) * inv_sqrt_bc2 + eps);
-      }
-    });
+    ops.adamw(p.v(), p.g(), m_[i].f32(), v_[i].f32(), p.numel(), decay, b1, b2, step_size, inv_sqrt_bc2, eps);
   }
 }
 
@@ -51,8 +45,9 @@ void AdamW::save_state(const ParamSet& ps, TensorMap& out) const {
   if (m_.size() != ps.all().size()) return;  // no step taken yet: no moments
   for (size_t i = 0; i < ps.all().size(); i++) {
     if (!m_[i].defined()) continue;
-    out["optim.m." + ps.all()[i]->name] = m_[i];
-    out["optim.v." + ps.all()[i]->name] = v_[i];
+    const bool host = m_[i].device() == Device::CPU;
+    out["optim.m." + ps.all()[i]->name] = host ? m_[i] : ps.ops().download(m_[i]);
+    out["optim.v." + ps.all()[i]->name] = host ? v_[i] : ps.ops().download(v_[i]);
   }
 }
 
@@ -69,7 +64,7 @@ void AdamW::load_state(ParamSet& ps, const TensorMap& in, int64_t steps, const s
       const Tensor& t = get_tensor(in, key, source);
       t.expect(dst->shape(), source + ": " + key);
       t.expect(DType::F32, source + ": " + key);
-      std::memcpy(dst->data(), t.data(), dst->nbytes());
+      ps.ops().write(dst->data(), t.data(), dst->nbytes());
     }
   }
 }

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/threads.h"
+#include "train/train_ops.h"
 
 namespace hwaga::train {
 
@@ -11,8 +12,8 @@ Param& ParamSet::add(const std::string& name, const Shape& shape, ParamKind kind
   if (find(name)) throw Error("parameter " + name + " is defined twice");
   auto p = std::make_unique<Param>();
   p->name = name;
-  p->value = Tensor::zeros(shape);
-  if (kind != ParamKind::buffer) p->grad = Tensor::zeros(shape);
+  p->value = ops().zeros(shape);
+  if (kind != ParamKind::buffer) p->grad = ops().zeros(shape);
   p->kind = kind;
   params_.push_back(std::move(p));
   return *params_.back();
@@ -37,36 +38,55 @@ int64_t ParamSet::num_trainable() const {
   return n;
 }
 
+TrainOps& ParamSet::ops() const { return ops_ ? *ops_ : cpu_train_ops(); }
+Device ParamSet::device() const { return ops().device(); }
+
+void ParamSet::to_device(TrainOps& ops) {
+  if (&ops == &this->ops()) return;
+  TrainOps& from = this->ops();
+  for (auto& p : params_) {
+    Tensor host = from.download(p->value);
+    p->value = ops.upload(host);
+    if (p->grad.defined()) p->grad = ops.zeros(p->grad.shape());
+  }
+  ops_ = &ops;
+}
+
 void ParamSet::zero_grad() {
+  TrainOps& o = ops();
   for (auto& p : params_)
-    if (p->grad.defined()) std::memset(p->grad.data(), 0, p->grad.nbytes());
+    if (p->grad.defined()) o.fill(p->grad.f32(), p->grad.numel(), 0.0f);
 }
 
 double ParamSet::clip_grad_norm(float max_norm) {
+  TrainOps& o = ops();
   double sum = 0;
   for (auto& p : params_) {
     if (!p->grad.defined()) continue;
-    const float* g = p->grad.f32();
-    double s = 0;
-    for (int64_t i = 0, n = p->grad.numel(); i < n; i++) s += double(g[i]) * g[i];
-    sum += s;
+    sum += o.sum_squares(p->grad.f32(), p->grad.numel());
   }
   double norm = std::sqrt(sum);
   if (!std::isfinite(norm)) throw Error("the gradient norm is not finite (NaN or inf): the loss diverged; lower the learning rate");
   if (max_norm > 0 && norm > max_norm) {
     float scale = float(max_norm / (norm + 1e-6));
-    for (auto& p : params_) {
-      if (!p->grad.defined()) continue;
-      float* g = p->grad.f32();
-      for (int64_t i = 0, n = p->grad.numel(); i < n; i++) g[i] *= scale;
-    }
+    for (auto& p : params_)
+      if (p->grad.defined()) o.scale(p->grad.f32(), scale, p->grad.numel());
   }
   return norm;
 }
 
 TensorMap ParamSet::values() const {
+  HWAGA_CHECK(device() == Device::CPU, "ParamSet::values: the parameters live on ", device_name(device()),
+              "; use host_values()");
   TensorMap m;
   for (auto& p : params_) m[p->name] = p->value;
+  return m;
+}
+
+TensorMap ParamSet::host_values() const {
+  if (device() == Device::CPU) return values();
+  TensorMap m;
+  for (auto& p : params_) m[p->name] = ops().download(p->value);
   return m;
 }
 
@@ -77,7 +97,7 @@ void ParamSet::load_values(const TensorMap& m, const std::string& source) {
       throw Error(source + ": tensor " + p->name + " has shape " + shape_str(t.shape()) + ", expected " +
                   shape_str(p->value.shape()));
     Tensor f = t.dtype() == DType::F32 ? t : t.to(DType::F32);
-    std::memcpy(p->value.data(), f.data(), p->value.nbytes());
+    ops().write(p->value.data(), f.data(), p->value.nbytes());
   }
 }
 

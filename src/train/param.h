@@ -20,6 +20,8 @@
 
 namespace hwaga::train {
 
+class TrainOps;
+
 // How the optimizer treats a parameter. AdamW decays `weight` only (Linear/Conv weights), as
 // the minGPT-style recipes do; biases, norm gains and embeddings are not decayed.
 enum class ParamKind { weight, no_decay, buffer };
@@ -46,20 +48,29 @@ class ParamSet {
   const std::vector<std::unique_ptr<Param>>& all() const { return params_; }
   int64_t num_trainable() const;  // elements of non-buffer params
 
+  // Moves every value and gradient onto the device of `ops` (which ParamSet and AdamW then use
+  // for zero_grad, clip_grad_norm, the update). Parameters start on the CPU.
+  void to_device(TrainOps& ops);
+  TrainOps& ops() const;
+  Device device() const;
+
   void zero_grad();
   // Global L2 norm of all gradients (in double); if max_norm > 0 and the norm exceeds it, every
   // gradient is scaled by max_norm / (norm + 1e-6) (torch.nn.utils.clip_grad_norm_). Returns the
   // norm before clipping. A non-finite norm throws ("gradient is NaN/inf at step ...").
   double clip_grad_norm(float max_norm);
 
-  // Values by name (views, no copy), for checkpoints and export.
+  // Values by name (views, no copy) of parameters on the CPU (throws for device parameters).
   TensorMap values() const;
+  // Values by name on the host: views on the CPU, copies of device parameters.
+  TensorMap host_values() const;
   // Copies values from `m` (every param must be present with its shape; f32/bf16/f16 accepted).
   // Errors name `source` and the tensor.
   void load_values(const TensorMap& m, const std::string& source);
 
  private:
   std::vector<std::unique_ptr<Param>> params_;
+  TrainOps* ops_ = nullptr;  // null: the CPU ops
 };
 
 }  // namespace hwaga::train

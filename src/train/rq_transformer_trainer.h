@@ -25,6 +25,7 @@
 #include "core/tensor.h"
 #include "train/gpt_block_train.h"
 #include "train/param.h"
+#include "train/train_ops.h"
 #include "transformer/stage2_config.h"
 
 namespace hwaga::train {
@@ -65,6 +66,11 @@ class RqTransformerTrainer {
   // call init_weights or load them (params().load_values).
   RqTransformerTrainer(const RqTransformerConfig& cfg, const Tensor& codebook, RqTrainerOptions opt = {});
 
+  // Moves the parameters and the codebook onto the device of `ops`; forward_backward then runs
+  // there (batches stay host tensors; evaluate's logits come back to the host).
+  void to_device(TrainOps& ops);
+  TrainOps& ops() const { return ops_ ? *ops_ : cpu_train_ops(); }
+
   ParamSet& params() { return ps_; }
   const ParamSet& params() const { return ps_; }
   const RqTransformerConfig& config() const { return cfg_; }
@@ -93,7 +99,9 @@ class RqTransformerTrainer {
 
   RqTransformerConfig cfg_;
   RqTrainerOptions opt_;
-  Tensor codebook_;  // [K,E] f32
+  Tensor codebook_host_;  // [K,E] f32
+  Tensor codebook_;       // the same on the device of ops()
+  TrainOps* ops_ = nullptr;
   ParamSet ps_;
   std::vector<GptBlockParams> body_, head_;
   Param *cond_emb_, *pos_emb_cond_, *pos_emb_hw_, *pos_emb_d_;
