@@ -541,6 +541,7 @@ CudaStats cuda_stats(Backend& be) { return as_cuda(be).stats(); }
 void cuda_reset_stats(Backend& be) { as_cuda(be).reset_stats(); }
 void cuda_synchronize(Backend& be) { CUDA_CHECK(cudaStreamSynchronize(as_cuda(be).ctx().stream)); }
 void* cuda_stream(Backend& be) { return as_cuda(be).ctx().stream; }
+cuda::Context& cuda_context(Backend& be) { return as_cuda(be).ctx(); }
 
 double cuda_copy_bandwidth_gbs(Backend& be, size_t bytes, int iters) {
   cuda::Context& ctx = as_cuda(be).ctx();

@@ -12,6 +12,10 @@
 
 namespace hwaga {
 
+namespace cuda {
+struct Context;  // backend/cuda/cuda_context.h
+}
+
 struct CudaBackendOptions {
   int device = 0;
   // upload(host, F32) of a rank-4 float tensor (a conv weight) stores it as bf16, so the
@@ -40,6 +44,9 @@ void cuda_reset_stats(Backend& be);
 void cuda_synchronize(Backend& be);
 // The backend's cudaStream_t (as void*, so that this header needs no CUDA headers).
 void* cuda_stream(Backend& be);
+// The backend's device, stream, library handles and allocator, for components that queue their
+// own work on the backend's stream (the CUDA training ops). Valid while the backend lives.
+cuda::Context& cuda_context(Backend& be);
 
 // Card measurements for the benchmark: device-to-device copy bandwidth in GB/s (read + write
 // bytes counted), and the cuBLASLt n^3 matrix rate in TFLOP/s for F32 (no TF32) or BF16
