@@ -293,6 +293,8 @@ class TrainCli(Stage2Fixture):
              1, "differs from the codes of"),
             (["export", "--checkpoint", self.cfg, "-o", os.path.join(self.tmp, "x.safetensors")], 1, self.cfg),
         ]
+        if shutil.which("nvidia-smi") is None:  # no GPU: --device cuda says why before touching anything
+            cases.append((self.base(w, "--steps", "1", "--device", "cuda"), 1, "--device cuda: "))
         for args, rc, msg in cases:
             p = hwaga(*args)
             self.assertEqual(p.returncode, rc, "%s: rc %d\n%s" % (args, p.returncode, p.stderr))

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # The GPU check, run on a lent GPU machine that cannot build anything: it uses the binaries that
 # tools/pack_device_build.sh packed into build-device/ here. Stages (each under a timeout, each
-# logged, a failure does not stop the others; the whole run stays under ~6 minutes), the most
+# logged, a failure does not stop the others; the whole run stays under ~7 minutes), the most
 # important results first:
 #   1. nvidia-smi and the libraries the binaries will load (cuBLAS/cuDNN from the device)
 #   2. GPU tests (CUDA vs the CPU backend; a skip is a failure here): test_cuda_ops,
 #      test_cuda_transformer_ops (LayerNorm/GELU/embedding/attention over a KV cache/16-bit
 #      linear), test_cuda_t2i (tiny RQ-Transformer and minDALL-E: logits and greedy codes),
 #      test_cuda_stage1, test_cuda_sampler (the GPU sampler picks the host sampler's codes; its
-#      time per step at 64 x 16384)
-#   3. bench_gpu_stage1 (hwaga: RQ-VAE / VQGAN decode + encode, batch 1 and 64, f32 and bf16 weights,
+#      time per step at 64 x 16384), test_cuda_train_ops (every stage-2 training op of the CUDA
+#      TrainOps against the CPU's) and test_cuda_train (RQ-Transformer and minDALL-E training
+#      steps on the GPU against the same steps on the CPU: losses, gradients, AdamW updates,
+#      checkpoints moving between the devices)
+#   3. tools/bench_train_stage2.py --device cuda: stage-2 training tokens/s, hwaga vs PyTorch (f32, bf16)
+#   3b. bench_gpu_stage1 (hwaga: RQ-VAE / VQGAN decode + encode, batch 1 and 64, f32 and bf16 weights,
 #      card copy bandwidth and cuBLASLt 8192^3 rates)
 #   4. bench_gpu_t2i (hwaga: rq-3.9b and mindalle-1.3b code generation, random bf16 weights,
 #      batch 1, 64 and a larger one when time allows)
@@ -19,7 +23,7 @@
 set -u
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 PACK="$(cd "${1:-$ROOT/build-device}" 2>/dev/null && pwd || echo "${1:-$ROOT/build-device}")"
-BUDGET_S=${DEVICE_CHECK_BUDGET_S:-370}
+BUDGET_S=${DEVICE_CHECK_BUDGET_S:-420}
 T0=$(date +%s)
 WORK="$(mktemp -d /tmp/hwaga-device-check.XXXXXX)"
 declare -A RC
@@ -92,7 +96,14 @@ stage test_cuda_transformer_ops 60 "$PACK/bin/test_cuda_transformer_ops" --gtest
 stage test_cuda_t2i 60 "$PACK/bin/test_cuda_t2i" --gtest_brief=1
 stage test_cuda_stage1 45 "$PACK/bin/test_cuda_stage1" --gtest_brief=1
 stage test_cuda_sampler 45 "$PACK/bin/test_cuda_sampler" --gtest_brief=1
+stage test_cuda_train_ops 45 "$PACK/bin/test_cuda_train_ops" --gtest_brief=1
+stage test_cuda_train 60 "$PACK/bin/test_cuda_train" --gtest_brief=1
 unset NVIDIA_TF32_OVERRIDE
+# stage-2 training throughput, hwaga train --device cuda against PyTorch on the GPU, f32 and bf16
+for mm in f32 bf16; do
+  stage bench_train_$mm 75 python3 "$ROOT/tools/bench_train_stage2.py" --hwaga "$PACK/bin/hwaga" --device cuda \
+    --threads 4 --embed-dim 512 --body 8 --head 4 --heads 8 --context 32 --batch 32 --steps 30 --matmul $mm
+done
 stage bench_hwaga 60 "$PACK/bin/bench_gpu_stage1" --iters 3
 # bench_gpu_t2i stops starting new runs after --budget s (building 3.9B random weights included).
 stage bench_t2i 130 "$PACK/bin/bench_gpu_t2i" --budget 110
@@ -187,6 +198,7 @@ PY
   grep -h "^# FAILED" "$WORK"/bench_*.log 2>/dev/null | sed 's/^/  /'
   grep -h "WARNING" "$WORK"/*.log 2>/dev/null | sort -u | head -n 5 | sed 's/^/  /'
   grep -h "^# .*cuda (" "$WORK"/bench_hwaga.log 2>/dev/null | sort -u | sed 's/^/  /'
+  grep -h "^RESULT impl=train" "$WORK"/bench_train_*.log 2>/dev/null | sed 's/^/  /'
   cat "$WORK/table.txt"
 } | tee "$WORK/summary.txt"
 if [ -n "${OUT:-}" ]; then

@@ -4,12 +4,13 @@
 //             [--weight-decay 1e-4] [--dropout 0.1] [--clip 1.0] [--seed S]
 //             [--balance] [--cfg-drop P] [--save-every N] [--sample-every N --sample-prompt P ...] [--stop-after K]
 //             [--resume] [--export model.safetensors [--export-dtype f32|bf16|f16]] [--threads N]
-//             [--world W --rank R --dist-addr HOST:PORT [--dist-timeout S]]
+//             [--device cpu|cuda] [--world W --rank R --dist-addr HOST:PORT [--dist-timeout S]]
 //
 // Trains the text-conditioned RQ-Transformer (stage 2, config type "rq-transformer") against a
 // frozen stage-1 RQ-VAE (architecture.md §2, §6.2), or minDALL-E's GPT (type "mindalle-gpt")
 // against a frozen stage-1 model with one code per position, e.g. a VQGAN (§4.2, §6.3), on the
-// CPU:
+// CPU or, with --device cuda, on the GPU (the same trainer over train/train_ops.h's CUDA ops;
+// the code cache is encoded and the samples painted by that GPU's backend):
 //   1. every shard sample is encoded once with the stage-1 model into WORK/codes.safetensors
 //      (train/code_cache.h; reused while the shards and the stage-1 file are unchanged);
 //   2. the text tokenizer is the released CharBPE (bpe16k:...) or a SentencePiece model trained
@@ -35,7 +36,8 @@
 // steps on those few); the data order of a run is fixed at its start.
 //
 // --matmul bf16 runs the linear layers' matrix products with bf16 inputs and f32 accumulation
-// (cpu::gemm_bf16; several times sgemm's rate on CPUs with AMX); everything else stays f32.
+// (cpu::gemm_bf16, several times sgemm's rate on CPUs with AMX; cuBLAS on the GPU); everything
+// else stays f32 (f32 master weights, gradients and optimizer state).
 //
 // --cfg-drop P gives a share P of the rows the unconditional all-PAD text instead of their
 // caption (train/code_cache.h), so that the model also learns the picture distribution without
@@ -76,6 +78,7 @@
 #include "text/charbpe.h"
 #include "text/spm_tokenizer.h"
 #include "train/checkpoint.h"
+#include "train/train_ops.h"
 #include "train/code_cache.h"
 #include "train/data_parallel.h"
 #include "train/mindalle_gpt_trainer.h"
@@ -127,6 +130,7 @@ struct Stage2Trainer {
   virtual ~Stage2Trainer() = default;
   virtual ParamSet& params() = 0;
   virtual void init_weights(uint64_t seed) = 0;
+  virtual void to_device(TrainOps& ops) = 0;
   virtual RqLoss forward_backward(const RqBatch& b, uint64_t seed, int64_t step, const LossNorm& norm) = 0;
   virtual int32_t text_pad_id() = 0;
   virtual int64_t targets_per_batch(int64_t B) const = 0;
@@ -139,6 +143,7 @@ struct TrainerOf final : Stage2Trainer {
   explicit TrainerOf(A&&... a) : t(std::forward<A>(a)...) {}
   ParamSet& params() override { return t.params(); }
   void init_weights(uint64_t seed) override { t.init_weights(seed); }
+  void to_device(TrainOps& ops) override { t.to_device(ops); }
   RqLoss forward_backward(const RqBatch& b, uint64_t seed, int64_t step, const LossNorm& norm) override {
     return t.forward_backward(b, seed, step, norm);
   }
@@ -281,7 +286,7 @@ void write_samples(const TrainCliOptions& opt, const std::string& work, int64_t 
   const fs::path dir = fs::path(work) / "samples";
   fs::create_directories(dir);
   const std::string tmp = (dir / ".model-tmp.safetensors").string();
-  write_stage2_model(tmp, s1file, cfg, params.values(), text, tok_json, DType::F32);
+  write_stage2_model(tmp, s1file, cfg, params.host_values(), text, tok_json, DType::F32);
   struct Cleanup {
     std::string p;
     ~Cleanup() {
@@ -406,8 +411,19 @@ int run_train(TrainCliOptions opt) {
   if (opt.context < 0) usage_fail("--context must be positive, got ", opt.context);
   check_dist_options(opt.dist, opt.batch);
 
-  if (opt.common.device == "auto") opt.common.device = "cpu";  // training runs on the CPU
-  auto be = select_backend(opt.common);
+  // "auto" stays on the CPU until the GPU loop has been measured against it on a lent GPU
+  // (tests/gpu/test_cuda_train.cpp); --device cuda asks for it.
+  if (opt.common.device == "auto") opt.common.device = "cpu";
+  std::unique_ptr<Backend> cpu_be = select_backend(opt.common);
+  std::unique_ptr<TrainOps> gpu_ops;  // --device cuda: the training ops and their backend
+  if (cpu_be->device() == Device::CUDA) {
+    std::string why;
+    gpu_ops = make_cuda_train_ops(0, &why);
+    if (!gpu_ops) fail("--device cuda: the training ops are not available: ", why);
+    cpu_be.reset();
+    say("training on " + gpu_ops->name());
+  }
+  Backend* be = gpu_ops ? &gpu_ops->backend() : cpu_be.get();  // encodes the data and paints the samples
   fs::create_directories(work);
 
   // ---- data parallel: rank 0 listens, the other ranks connect (nothing when --world 1) ----
@@ -542,6 +558,10 @@ int run_train(TrainCliOptions opt) {
   const auto [beta1, beta2] = recipe_betas(cfg);
   AdamW adam(AdamWOptions{float(beta1), float(beta2), 1e-8f, float(opt.weight_decay)});
   int64_t start = 0;
+  const bool fresh = !opt.resume && opt.init.empty();
+  if (fresh) tr.init_weights(opt.seed);  // on the host, then moved
+  if (gpu_ops) tr.to_device(*gpu_ops);    // before the optimizer state exists: AdamW follows the params
+  TrainOps& ops = tr.params().ops();
   if (opt.resume) {
     restore_checkpoint(resumed, ckpt_path, tr.params(), &adam);
     start = rmeta.at("step").get<int64_t>();
@@ -551,10 +571,13 @@ int run_train(TrainCliOptions opt) {
     tr.params().load_values(init_file.tensors, opt.init);
     init_file = SafetensorsFile();
     say("fine-tuning from " + opt.init);
-  } else {
-    tr.init_weights(opt.seed);
   }
-  for (auto& p : tr.params().all()) dp.broadcast(p->v(), p->numel());  // every rank starts from rank 0's
+  if (dp.world() > 1)  // every rank starts from rank 0's weights
+    for (auto& p : tr.params().all()) {
+      Tensor h = to_host(ops, p->value);
+      dp.broadcast(h.f32(), p->numel());
+      if (h.data() != p->value.data()) ops.write(p->v(), h.data(), h.nbytes());
+    }
   LrSchedule sched;
   sched.lr = float(opt.lr);
   sched.min_lr = float(opt.min_lr);
@@ -563,7 +586,8 @@ int run_train(TrainCliOptions opt) {
   CodeBatcher batcher(cache, *tok, opt.seed, opt.balance);
   batcher.set_uncond_prob(opt.cfg_drop);
   if (matmul_precision() == MatmulPrecision::bf16)
-    say(std::string("matrix products in bf16 with f32 accumulation: ") + cpu::gemm_bf16_kernel_name());
+    say(std::string("matrix products in bf16 with f32 accumulation: ") +
+        (gpu_ops ? std::string("cuBLAS") : std::string(cpu::gemm_bf16_kernel_name())));
   if (opt.cfg_drop > 0)
     say("classifier-free guidance training: " + std::to_string(int(opt.cfg_drop * 100 + 0.5)) +
         "% of the rows see the unconditional (all-PAD) text");
@@ -647,7 +671,7 @@ int run_train(TrainCliOptions opt) {
       Tensor lv = Tensor::empty({3});
       lv.f32()[0] = float(l.loss), lv.f32()[1] = float(l.image_loss), lv.f32()[2] = float(l.text_loss);
       dump["loss"] = lv;
-      for (auto& p : tr.params().all()) dump["grad." + p->name] = p->grad.clone();
+      for (auto& p : tr.params().all()) dump["grad." + p->name] = ops.download(p->grad);
       write_safetensors(opt.dump_step, dump, {{"step", std::to_string(step)}});
     }
     const double gnorm = tr.params().clip_grad_norm(float(opt.clip));
