@@ -81,8 +81,13 @@ SamplingDefaults sampling_defaults_from_json_text(const std::string& text, const
       d.temperature = float(t);
     } else if (key == "cfg") {
       d.cfg = float(number_field(v, where, "cfg"));
+    } else if (key == "rerank") {
+      const double r = number_field(v, where, "rerank");
+      if (r != std::floor(r) || r < 0 || r > 100000)
+        fail(where, ": field \"rerank\" is ", v.dump(), "; expected a whole number in [0, 100000]");
+      d.rerank = int(r);
     } else {
-      fail(where, ": unknown field \"", key, "\" (known: top_k, top_p, temperature, cfg)");
+      fail(where, ": unknown field \"", key, "\" (known: top_k, top_p, temperature, cfg, rerank)");
     }
   }
   return d;
@@ -112,6 +117,7 @@ std::string sampling_defaults_to_json_text(const SamplingDefaults& d) {
   }
   if (d.temperature) j["temperature"] = num(*d.temperature);
   if (d.cfg) j["cfg"] = num(*d.cfg);
+  if (d.rerank) j["rerank"] = *d.rerank;
   return j.dump();
 }
 
@@ -122,6 +128,7 @@ std::string describe_sampling_defaults(const SamplingDefaults& d) {
   if (d.top_p) add("top-p " + list_text(*d.top_p));
   if (d.temperature) add("temperature " + float_text(*d.temperature));
   if (d.cfg) add("cfg " + float_text(*d.cfg));
+  if (d.rerank) add("rerank " + std::to_string(*d.rerank));
   return out;
 }
 

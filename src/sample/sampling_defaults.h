@@ -1,11 +1,12 @@
 // The sampling settings a model file recommends: metadata "sampling" (docs/MODEL_FORMAT.md §2.4),
-// written by `hwaga export --top-k/--top-p/--temperature/--cfg` and used by generate and gallery
+// written by `hwaga export --top-k/--top-p/--temperature/--cfg/--rerank` and used by generate and gallery
 // for every option the command line leaves out. A small model trained by hwaga (the default emoji
 // model) draws cleaner pictures with a tighter filter than the released models' notebook
 // defaults, and its trainer knows which; the released checkpoints carry none.
 //
 // JSON text, every field optional (absent = the family default, sample/sampler.h):
-//   {"top_k": [64] | [64,32,16,8] | [], "top_p": [0.9] | [], "temperature": 0.9, "cfg": 2.0}
+//   {"top_k": [64] | [64,32,16,8] | [], "top_p": [0.9] | [], "temperature": 0.9, "cfg": 2.0,
+//    "rerank": 16}
 // [] stands for "none" (no cutoff), which is not the same as an absent field.
 #pragma once
 #include <optional>
@@ -21,7 +22,8 @@ struct SamplingDefaults {
   std::optional<std::vector<float>> top_p;  // each in (0, 1]
   std::optional<float> temperature;         // finite, > 0
   std::optional<float> cfg;                 // finite (0 = off)
-  bool empty() const { return !top_k && !top_p && !temperature && !cfg; }
+  std::optional<int> rerank;                // candidates drawn per picture pool, in [0, 100000] (0 = off)
+  bool empty() const { return !top_k && !top_p && !temperature && !cfg && !rerank; }
 };
 
 // Parses and range-checks the JSON text; throws hwaga::Error naming `where`, the field and what

@@ -249,6 +249,47 @@ Tensor TextToImageModel::logits_teacher_forced(const std::vector<int32_t>& text_
   return stage2_->logits_teacher_forced(cond, codes);
 }
 
+std::vector<double> TextToImageModel::prompt_scores(const std::vector<int32_t>& text_ids, const Tensor& codes) {
+  if (stage2_cfg_.text_length() == 0)
+    fail("prompt scores need a text model; this ", kind(), " takes ", cond_vocab_size() > 1 ? "a class id" : "no condition");
+  const Shape cs = code_shape();
+  HWAGA_CHECK(codes.dtype() == DType::I32 && codes.ndim() == 4 && codes.dim(1) == cs[0] && codes.dim(2) == cs[1] &&
+                  codes.dim(3) == cs[2],
+              "prompt scores: codes must be int32 [N,", cs[0], ",", cs[1], ",", cs[2], "], found ",
+              shape_str(codes.shape()));
+  const int64_t N = codes.dim(0), per_map = cs[0] * cs[1] * cs[2], K = stage2_cfg_.image_vocab_size();
+  const std::vector<int32_t> none(size_t(text_length()), pad_id());
+  std::vector<double> score(size_t(N), 0.0);
+  constexpr int64_t kChunk = 8;  // candidates per teacher-forced pass: [8,h,w,D,K] logits at a time
+  for (int64_t b0 = 0; b0 < N; b0 += kChunk) {
+    const Tensor part = codes.slice0(b0, std::min(N, b0 + kChunk));
+    const int64_t n = part.dim(0);
+    for (int pass = 0; pass < 2; ++pass) {
+      const Tensor z = logits_teacher_forced(pass == 0 ? text_ids : none, part);  // [n,h,w,D,K]
+      const double sign = pass == 0 ? 1.0 : -1.0;
+      std::vector<double> ll(size_t(n), 0.0);
+      parallel_for(n, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          double acc = 0;
+          for (int64_t j = 0; j < per_map; ++j) {
+            const float* row = z.f32() + (i * per_map + j) * K;
+            const int32_t t = part.ptr<int32_t>()[i * per_map + j];
+            HWAGA_CHECK(t >= 0 && t < K, "prompt scores: code ", t, " outside [0, ", K, ")");
+            float mx = row[0];
+            for (int64_t k = 1; k < K; ++k) mx = std::max(mx, row[k]);
+            double se = 0;
+            for (int64_t k = 0; k < K; ++k) se += std::exp(double(row[k] - mx));
+            acc += double(row[t] - mx) - std::log(se);
+          }
+          ll[size_t(i)] = acc;
+        }
+      });
+      for (int64_t i = 0; i < n; ++i) score[size_t(b0 + i)] += sign * ll[size_t(i)];
+    }
+  }
+  return score;
+}
+
 std::string TextToImageModel::describe() const {
   std::ostringstream os;
   os << "stage 2: " << describe_stage2_config(stage2_cfg_) << "\n";

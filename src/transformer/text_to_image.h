@@ -85,6 +85,12 @@ class TextToImageModel {
   // Parity: codes host int32 [B,h,w,D] -> host f32 logits [B,h,w,D,K], where the logits at
   // (p, d) are those the sampler would see given the text and codes before (p, d).
   Tensor logits_teacher_forced(const std::vector<int32_t>& text_ids, const Tensor& codes);
+  // How much the prompt explains each candidate: the pointwise mutual information
+  //   score[i] = Σ_{p,d} log p(c_{p,d} | text, codes before) − log p(c_{p,d} | all-PAD, codes before)
+  // from the teacher-forced logits (temperature 1, no cutoff), summed in double. Text models only
+  // (the "no text" prompt is the one classifier-free guidance uses; a model trained with
+  // `hwaga train --cfg-drop` knows it). codes: host int32 [N,h,w,D].
+  std::vector<double> prompt_scores(const std::vector<int32_t>& text_ids, const Tensor& codes);
   // codes [N,h,w,D] -> host f32 pictures [N,3,R,R] in [-1,1] (stage-1 decode; not clamped).
   Tensor decode(const Tensor& codes) { return stage1_->decode(codes); }
 

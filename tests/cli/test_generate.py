@@ -229,6 +229,51 @@ class GenerateTest(unittest.TestCase):
         self.assertIn("generate", t["hwaga.command"])
         self.assertIn("--cfg 1.5", t["hwaga.reproduce"])
 
+    def test_rerank_keeps_the_best_prompt_scores(self):
+        """--rerank M: the -n kept pictures are the pool's best by the prompt's pointwise mutual
+        information, Σ log p(code | prompt) − Σ log p(code | all-PAD), computed here from the PyTorch
+        reference's teacher-forced logits. Tolerance: f32 logits agree to ~1e-5, so the sums over
+        the 256 codes to ~3e-3; 1e-2 is used, and the fixture checks that the kept and the dropped
+        candidates are further apart than that."""
+        d = self.out_dir("rerank")
+        hwaga("generate", "-m", self.rq, "-p", PROMPT, "--seed", "3", "-n", "6", "-o", os.path.join(d, "p%d.png"),
+              "--codes-out", os.path.join(d, "pool.npy"), check=True)
+        p = hwaga("generate", "-m", self.rq, "-p", PROMPT, "--seed", "3", "-n", "2", "--rerank", "6", "-o",
+                  os.path.join(d, "k%d.png"), "--codes-out", os.path.join(d, "kept.npy"), check=True)
+        self.assertIn("kept candidates", p.stderr)
+        pool, kept = np.load(os.path.join(d, "pool.npy")), np.load(os.path.join(d, "kept.npy"))
+        ids_path = self.text_ids(self.rq, PROMPT)
+        ids = json.load(open(ids_path))
+        none_path = os.path.join(d, "none.json")
+        with open(none_path, "w") as f:
+            json.dump([ids[-1]] * len(ids), f)  # the short prompt ends in padding: all-PAD
+        stage1, stage2 = os.path.join(self.root, "rq", "stage1"), os.path.join(self.root, "rq", "stage2")
+        lp = []
+        for name, cond in (("c", ids_path), ("u", none_path)):
+            out = os.path.join(d, name + ".npy")
+            torch_ref("rq_transformer_ref.py", "logits", "--ckpt", stage2, "--stage1", stage1, "--text-ids", cond,
+                      "--codes", os.path.join(d, "pool.npy"), "--out", out)
+            z = np.load(out).astype(np.float64)  # [6,h,w,D,K]
+            z = z - z.max(-1, keepdims=True)
+            logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+            lp.append(np.take_along_axis(logp, pool[..., None].astype(np.int64), -1)[..., 0].sum(axis=(1, 2, 3)))
+        score = lp[0] - lp[1]
+        order = sorted(range(len(score)), key=lambda i: (-score[i], i))
+        self.assertGreater(score[order[1]] - score[order[2]], 2e-2, score)  # the fixture separates kept/dropped
+        self.assertEqual(kept.shape, (2,) + pool.shape[1:])
+        for i in range(2):
+            np.testing.assert_array_equal(kept[i], pool[order[i]])
+            t = t2i.png_text(os.path.join(d, "k%d.png" % i))
+            self.assertEqual(t["hwaga.candidate"], str(order[i]))
+            self.assertEqual(t["hwaga.rerank"], "6")
+            self.assertAlmostEqual(float(t["hwaga.prompt_score"]), score[order[i]], delta=1e-2)
+            self.assertIn("-n %d --rerank 0" % (order[i] + 1), t["hwaga.reproduce"])
+            a, _ = read_png(os.path.join(d, "k%d.png" % i))
+            b, _ = read_png(os.path.join(d, "p%d.png" % order[i]))
+            np.testing.assert_array_equal(a, b)
+        self.check_bad(["-p", PROMPT, "-n", "2", "--rerank", "1"], 2, "--rerank 1: must be at least -n 2")
+        self.check_bad(["-p", PROMPT, "--rerank", "-3"], 2, "--rerank -3")
+
     def test_random_seed_is_printed_and_reproduces(self):
         d = self.out_dir("rand")
         p = hwaga("generate", "-m", self.md, "-p", PROMPT, "-o", os.path.join(d, "r.png"), "--codes-out",

@@ -104,7 +104,7 @@ class TrainCli(Stage2Fixture):
         self.assertIn("image tokenizer only", p.stderr)
 
     def test_export_stores_sampling_defaults(self):
-        """export --top-k/--top-p/--temperature/--cfg -> metadata "sampling"; generate uses it for the
+        """export --top-k/--top-p/--temperature/--cfg/--rerank -> metadata "sampling"; generate uses it for the
         options left out (the same codes as passing them), a given option overrides it."""
         w = self.work("sdef")
         hwaga(*self.base(w, "--steps", "2"), check=True)
@@ -116,9 +116,9 @@ class TrainCli(Stage2Fixture):
         self.assertIn("sampling defaults (from the file): top-k 3,2,2,1, top-p 0.8, temperature 0.7",
                       hwaga("info", "-m", model, check=True).stdout)
 
-        def codes(name, *flags):
+        def codes(name, *flags, n=3):
             out = os.path.join(self.tmp, name)
-            p = hwaga("generate", "-m", model, "-p", "red circle", "--seed", "4", "-n", "3", "-o",
+            p = hwaga("generate", "-m", model, "-p", "red circle", "--seed", "4", "-n", str(n), "-o",
                       os.path.join(self.tmp, name + "%d.png"), "--codes-out", out, *flags, check=True)
             return np.load(out), p.stderr
 
@@ -131,10 +131,25 @@ class TrainCli(Stage2Fixture):
         self.assertIn("top-k 1024, top-p 0.95, temperature 1", err)
         _, err = codes("sd_mixed.npy", "--top-k", "none")  # one option given: the rest from the file
         self.assertIn("top-k none, top-p 0.8, temperature 0.7", err)
+        # a recommended rerank pool: used when -n fits in it, the kept pictures as with the flag
+        rr = os.path.join(self.tmp, "sdef-rr.safetensors")
+        p = hwaga("export", "--checkpoint", ck, "-o", rr, "--top-k", "3,2,2,1", "--rerank", "5", check=True)
+        self.assertIn("sampling defaults top-k 3,2,2,1, rerank 5", p.stdout)
+        model = rr
+        c_rr, err = codes("sd_rr.npy")
+        self.assertIn("kept candidates", err)
+        c_rr_flag, _ = codes("sd_rr_flag.npy", "--rerank", "5")
+        np.testing.assert_array_equal(c_rr, c_rr_flag)
+        c_off, err = codes("sd_rr_off.npy", "--rerank", "0")
+        self.assertNotIn("kept candidates", err)
+        c_pool, _ = codes("sd_rr_pool.npy", "--rerank", "0", n=5)
+        for row in c_rr:  # each kept picture is one of the pool's five
+            self.assertTrue(any(np.array_equal(row, q) for q in c_pool))
+        model = os.path.join(self.tmp, "sdef.safetensors")
         # bad recommendations are refused before anything is written
         bad = os.path.join(self.tmp, "sdef-bad.safetensors")
         for flags, code, needle in ((["--top-k", "0"], 2, "--top-k"), (["--top-p", "1.5"], 2, "--top-p"),
-                                    (["--temperature", "-1"], 2, "--temperature"),
+                                    (["--temperature", "-1"], 2, "--temperature"), (["--rerank", "-1"], 2, "--rerank"),
                                     (["--top-k", "3,2"], 1, "one per depth")):
             p = hwaga("export", "--checkpoint", ck, "-o", bad, *flags)
             self.assertEqual(p.returncode, code, (flags, p.stderr))

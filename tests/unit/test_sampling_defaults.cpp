@@ -22,14 +22,16 @@ TEST(SamplingDefaults, RoundTripKeepsEveryFieldAndTheShortestDecimals) {
   d.top_p = std::vector<float>{0.9f};
   d.temperature = 0.7f;
   d.cfg = 2.5f;
+  d.rerank = 16;
   const std::string text = sampling_defaults_to_json_text(d);
-  EXPECT_EQ(text, R"({"cfg":2.5,"temperature":0.7,"top_k":[64,32,16,8],"top_p":[0.9]})");
+  EXPECT_EQ(text, R"({"cfg":2.5,"rerank":16,"temperature":0.7,"top_k":[64,32,16,8],"top_p":[0.9]})");
   const SamplingDefaults r = sampling_defaults_from_json_text(text, "x");
   EXPECT_EQ(*r.top_k, *d.top_k);
   EXPECT_EQ(*r.top_p, *d.top_p);
   EXPECT_EQ(*r.temperature, 0.7f);  // the same f32 after the round trip
   EXPECT_EQ(*r.cfg, 2.5f);
-  EXPECT_EQ(describe_sampling_defaults(r), "top-k 64,32,16,8, top-p 0.9, temperature 0.7, cfg 2.5");
+  EXPECT_EQ(*r.rerank, 16);
+  EXPECT_EQ(describe_sampling_defaults(r), "top-k 64,32,16,8, top-p 0.9, temperature 0.7, cfg 2.5, rerank 16");
 }
 
 TEST(SamplingDefaults, EmptyListMeansNoneAndAbsentMeansFamilyDefault) {
@@ -55,6 +57,9 @@ TEST(SamplingDefaults, BadFieldsAreNamed) {
   EXPECT_NE(error_of(R"({"temperature": "hot"})").find("must be a number"), std::string::npos);
   EXPECT_NE(error_of(R"({"cfg": null})").find("\"cfg\""), std::string::npos);
   EXPECT_NE(error_of(R"({"topk": [5]})").find("unknown field \"topk\""), std::string::npos);
+  EXPECT_NE(error_of(R"({"rerank": -1})").find("\"rerank\" is -1"), std::string::npos);
+  EXPECT_NE(error_of(R"({"rerank": 2.5})").find("whole number"), std::string::npos);
+  EXPECT_NE(error_of(R"({"rerank": 100001})").find("[0, 100000]"), std::string::npos);
   EXPECT_EQ(error_of(R"({"top_k": [5], "cfg": -1})"), "");  // a negative scale is allowed
   // every message starts with where the text came from
   EXPECT_EQ(error_of("{").rfind("m.safetensors metadata \"sampling\"", 0), 0u);

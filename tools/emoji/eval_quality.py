@@ -626,6 +626,7 @@ def parse_args(argv):
     ap.add_argument("--top-p", help="hwaga's --top-p (default: as --top-k)")
     ap.add_argument("--temperature", help="hwaga's --temperature (default: as --top-k)")
     ap.add_argument("--cfg", help="hwaga's --cfg, the classifier-free guidance scale (default: as --top-k)")
+    ap.add_argument("--rerank", help="hwaga's --rerank, candidates drawn per prompt to keep the -n best (default: as --top-k)")
     ap.add_argument("--gallery-dir", help="keep the drawn pictures here (a hwaga gallery folder; a rerun continues it)")
     a = ap.parse_args(argv)
     if a.n < 1:
@@ -693,7 +694,7 @@ def evaluate(a):
                 raise EvalError("no captions to draw in the %s split for --lang %s" % (a.split, a.lang))
             t0 = time.time()
             log("generation: %d prompts x %d pictures" % (len(prompts), a.n))
-            sampling = [x for opt in ("top_k", "top_p", "temperature", "cfg") if getattr(a, opt) is not None
+            sampling = [x for opt in ("top_k", "top_p", "temperature", "cfg", "rerank") if getattr(a, opt) is not None
                         for x in ("--" + opt.replace("_", "-"), str(getattr(a, opt)))]
             imgs, state, stderr = run_gallery(run, a.model, prompts, a.n, a.seed, work, a.gallery_dir, sampling)
             report["timings"]["generation"] = round(time.time() - t0, 3)

@@ -1,12 +1,13 @@
 // hwaga export --checkpoint WORK/checkpoint.safetensors -o model.safetensors [--dtype f32|bf16|f16]
 //              [--stage1 STAGE1.safetensors] [--top-k K] [--top-p P] [--temperature T] [--cfg S]
+//              [--rerank M]
 //
 // Turns a stage-2 training checkpoint (hwaga train) into one model file that `hwaga generate -m`
 // loads: the stage-1 tensors and config copied from the stage-1 model file the run used (its
 // path, size and content hash are recorded in the checkpoint; a changed file is refused, and
 // --stage1 names its new place when it moved), the trained stage-2 weights (as --dtype), the
 // config and the text tokenizer (train/stage2_export.h). The file is written atomically.
-// --top-k/--top-p/--temperature/--cfg store the sampling settings the model is best drawn with
+// --top-k/--top-p/--temperature/--cfg/--rerank store the sampling settings the model is best drawn with
 // (metadata "sampling"); generate and gallery use them for the options their user leaves out.
 //
 // Exit codes: 0 written, 1 error (not a stage-2 checkpoint, the stage-1 file missing or changed),
@@ -27,6 +28,7 @@ struct ExportOptions {
   std::string checkpoint, output, dtype = "f32", stage1;
   std::string top_k, top_p;       // "" = not recommended
   std::optional<double> temperature, cfg;
+  std::optional<int> rerank;
 };
 
 SamplingDefaults sampling_of(const ExportOptions& opt) {
@@ -41,6 +43,10 @@ SamplingDefaults sampling_of(const ExportOptions& opt) {
   if (opt.cfg) {
     if (!std::isfinite(*opt.cfg)) throw UsageError("--cfg must be a finite number");
     d.cfg = float(*opt.cfg);
+  }
+  if (opt.rerank) {
+    if (*opt.rerank < 0 || *opt.rerank > 100000) throw UsageError("--rerank must be in [0, 100000] (0 = off)");
+    d.rerank = *opt.rerank;
   }
   return d;
 }
@@ -69,6 +75,7 @@ Command reg("export", "Write a model file from a stage-2 training checkpoint", [
   sub.add_option("--top-p", opt->top_p, "recommended top-p: P, P0,..,P3 (RQ), or none (stored in the file)");
   sub.add_option("--temperature", opt->temperature, "recommended temperature > 0 (stored in the file)");
   sub.add_option("--cfg", opt->cfg, "recommended classifier-free guidance scale (stored in the file)");
+  sub.add_option("--rerank", opt->rerank, "recommended candidate pool per prompt for reranking (stored in the file)");
   return [opt] {
     try {
       return run_export(*opt);

@@ -141,12 +141,14 @@ std::string picture_name(int64_t i, int n) {
 
 // The settings that decide a prompt's pictures; the done-marker holds exactly these.
 nlohmann::json prompt_settings(const PromptEntry& p, const Sampling& s, uint64_t seed, const std::string& model_path) {
-  return {{"prompt", p.text},       {"index", p.index},
-          {"seed", seed},           {"n", s.n},
-          {"top_k", s.top_k_text},  {"top_p", s.top_p_text},
-          {"temperature", s.temperature_text}, {"cfg", s.cfg_text},
-          {"greedy", s.greedy},     {"model", base_name(model_path)},
-          {"model_bytes", file_size_or_zero(model_path)}};
+  nlohmann::json j = {{"prompt", p.text},       {"index", p.index},
+                      {"seed", seed},           {"n", s.n},
+                      {"top_k", s.top_k_text},  {"top_p", s.top_p_text},
+                      {"temperature", s.temperature_text}, {"cfg", s.cfg_text},
+                      {"greedy", s.greedy},     {"model", base_name(model_path)},
+                      {"model_bytes", file_size_or_zero(model_path)}};
+  if (s.rerank > 0) j["rerank"] = s.rerank;  // absent when off: older galleries stay done
+  return j;
 }
 
 bool is_done(const fs::path& dir, const nlohmann::json& settings, int n) {
@@ -322,17 +324,16 @@ int run_gallery(const GalleryOptions& opt) {
     fs::remove(dir / "done.json", ec);  // stale settings: the prompt is drawn again
 
     const uint64_t seed_k = derive_seed(s.seed, p.index);
-    GenerateOptions g = generate_options(s, seed_k);
-    Tensor codes;
+    SampledCodes sc;
     {
       ProgressBar bar(kPrefix, std::string(tag) + p.dir, sampling_steps(model, s));
-      g.progress = [&](int step, int) {
+      sc = sample_codes(model, ids[k], s, seed_k, [&](int step, int) {
         bar.update(step);
         throw_if_interrupted();
-      };
-      codes = model.generate_codes(ids[k], g);
+      });
       bar.finish();
     }
+    const Tensor& codes = sc.codes;
     std::vector<std::string> finals;
     for (int i = 0; i < s.n; ++i) finals.push_back((dir / picture_name(i, s.n)).string());
     finals.push_back((dir / "contact.png").string());
@@ -346,8 +347,9 @@ int run_gallery(const GalleryOptions& opt) {
       for (int64_t i = b0; i < b1; ++i) {
         const float* chw = x.f32() + (i - b0) * 3 * R * R;
         rgb.push_back(to_rgb8(chw, R, R));
-        write_png_rgb8(outs.temp_for(size_t(i)), rgb.back().data(), R, R,
-                       picture_text(Condition{p.text}, model_path, s, seed_k, i, command_line));
+        auto text = picture_text(Condition{p.text}, model_path, s, seed_k, sc.candidate[size_t(i)], command_line);
+        if (!sc.score.empty()) text["hwaga.prompt_score"] = float_text(float(sc.score[size_t(i)]));
+        write_png_rgb8(outs.temp_for(size_t(i)), rgb.back().data(), R, R, text);
         outs.written(size_t(i));
       }
       throw_if_interrupted();

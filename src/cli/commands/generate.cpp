@@ -114,16 +114,22 @@ int run_generate(const GenerateCliOptions& opt) {
 
   // ---- sampling ----
   InterruptGuard guard;
-  GenerateOptions g = generate_options(s, s.seed);
-  Tensor codes;
+  SampledCodes sc;
   {
-    ProgressBar bar(kPrefix, "sampling", sampling_steps(model, s));
-    g.progress = [&](int step, int total) {
+    ProgressBar bar(kPrefix, s.rerank > 0 ? "sampling " + std::to_string(s.rerank) + " candidates" : "sampling",
+                    sampling_steps(model, s));
+    sc = sample_codes(model, ids, s, s.seed, [&](int step, int) {
       bar.update(step);
       throw_if_interrupted();
-    };
-    codes = model.generate_codes(ids, g);  // [N,h,w,D]
+    });
     bar.finish();
+  }
+  const Tensor& codes = sc.codes;  // [N,h,w,D]
+  if (s.rerank > 0) {
+    std::string kept;
+    for (size_t i = 0; i < sc.candidate.size(); ++i)
+      kept += (i ? ", " : "") + std::to_string(sc.candidate[i]) + " (" + float_text(float(sc.score[i])) + ")";
+    std::fprintf(stderr, "%skept candidates %s of %d by prompt score\n", kPrefix, kept.c_str(), s.rerank);
   }
 
   // ---- decoding and writing ----
@@ -136,7 +142,8 @@ int run_generate(const GenerateCliOptions& opt) {
       Tensor x = model.decode(codes.slice0(b0, b1));  // [b,3,R,R]
       const int64_t R = x.dim(2);
       for (int64_t i = b0; i < b1; ++i) {
-        auto text = picture_text(cond, model_path, s, s.seed, i, command_line);
+        auto text = picture_text(cond, model_path, s, s.seed, sc.candidate[size_t(i)], command_line);
+        if (!sc.score.empty()) text["hwaga.prompt_score"] = float_text(float(sc.score[size_t(i)]));
         try {
           write_png(outs.temp_for(size_t(i)), x.slice0(i - b0, i - b0 + 1).reshape({3, R, x.dim(3)}), text);
         } catch (const Error& e) {

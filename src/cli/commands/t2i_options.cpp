@@ -41,6 +41,11 @@ void add_sampling_options(CLI::App& sub, SamplingArgs& a, const char* n_help) {
       "the released models had none)");
   sub.add_flag("--greedy", a.greedy, "always take the most likely code (ignores the sampling options)");
   sub.add_option("--batch", a.batch, "candidates sampled together (0 = all); the pictures do not depend on it");
+  sub.add_option_function<int>(
+      "--rerank", [&a](const int& v) { a.rerank = v, a.rerank_given = true; },
+      "draw M candidates and keep the -n whose codes the prompt makes most likely relative to no prompt "
+      "(text models; best with a model trained with --cfg-drop; 0 = off, the default unless the model file "
+      "recommends one)");
 }
 
 namespace {
@@ -103,6 +108,7 @@ void check_sampling_args(const SamplingArgs& a) {
   if (a.n > 100000) usage_fail("-n ", a.n, ": at most 100000 pictures per prompt");
   if (a.batch < 0) usage_fail("--batch ", a.batch, ": must be at least 1 (or 0 for all candidates at once)");
   if (!std::isfinite(a.cfg)) usage_fail("--cfg ", a.cfg, ": must be a finite number");
+  if (a.rerank < 0 || a.rerank > 100000) usage_fail("--rerank ", a.rerank, ": must be in [0, 100000] (0 = off)");
 }
 
 SamplerSemantics semantics_of(const TextToImageModel& m) {
@@ -146,6 +152,17 @@ Sampling resolve_sampling(const SamplingArgs& a, const TextToImageModel& model) 
   }
   if (s.cfg != 0.0f && model.stage2_config().text_length() == 0)
     usage_fail("--cfg needs a text model; this one takes no text");
+  s.rerank = a.rerank_given ? a.rerank : file.rerank.value_or(0);
+  if (s.rerank > 0 && model.stage2_config().text_length() == 0) {
+    if (a.rerank_given) usage_fail("--rerank needs a text model; this one takes no text");
+    s.rerank = 0;
+  }
+  if (s.rerank > 0 && s.rerank < s.n) {
+    if (a.rerank_given)
+      usage_fail("--rerank ", s.rerank, ": must be at least -n ", s.n, " (it draws M candidates and keeps the ", s.n,
+                 " best)");
+    s.rerank = s.n;  // the file's pool is smaller than the pictures asked for: keep them all
+  }
   s.top_k_text = values_text(s.sampler.top_k);
   s.top_p_text = values_text(s.sampler.top_p);
   s.temperature_text = float_text(s.sampler.temperature);
@@ -155,13 +172,14 @@ Sampling resolve_sampling(const SamplingArgs& a, const TextToImageModel& model) 
 
 int sampling_steps(const TextToImageModel& model, const Sampling& s) {
   const Shape cs = model.code_shape();
-  const int64_t per = s.batch > 0 ? std::min(s.batch, s.n) : s.n;
-  return int(cs[0] * cs[1] * cs[2] * ((s.n + per - 1) / per));
+  const int pool = std::max(s.n, s.rerank);
+  const int64_t per = s.batch > 0 ? std::min(s.batch, pool) : pool;
+  return int(cs[0] * cs[1] * cs[2] * ((pool + per - 1) / per));
 }
 
 GenerateOptions generate_options(const Sampling& s, uint64_t seed) {
   GenerateOptions g;
-  g.n_candidates = s.n;
+  g.n_candidates = std::max(s.n, s.rerank);
   g.seed = seed;
   g.sampler = s.sampler;
   g.sampler.greedy = s.greedy;
@@ -169,6 +187,35 @@ GenerateOptions generate_options(const Sampling& s, uint64_t seed) {
   g.cfg_scale = s.cfg;
   g.batch = s.batch;
   return g;
+}
+
+SampledCodes sample_codes(TextToImageModel& model, const std::vector<int32_t>& ids, const Sampling& s,
+                          uint64_t seed, const std::function<void(int, int)>& progress) {
+  GenerateOptions g = generate_options(s, seed);
+  g.progress = progress;
+  Tensor pool = model.generate_codes(ids, g);  // [max(n, rerank),h,w,D]
+  SampledCodes out;
+  if (s.rerank == 0) {
+    out.codes = pool;
+    for (int64_t i = 0; i < s.n; ++i) out.candidate.push_back(i);
+    return out;
+  }
+  const std::vector<double> score = model.prompt_scores(ids, pool);
+  std::vector<int64_t> order(score.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = int64_t(i);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return score[size_t(a)] > score[size_t(b)]; });
+  const int64_t per_map = pool.numel() / pool.dim(0);
+  Shape shape = pool.shape();
+  shape[0] = s.n;
+  out.codes = Tensor::empty(shape, DType::I32);
+  for (int64_t i = 0; i < s.n; ++i) {
+    const int64_t c = order[size_t(i)];
+    std::copy(pool.ptr<int32_t>() + c * per_map, pool.ptr<int32_t>() + (c + 1) * per_map,
+              out.codes.ptr<int32_t>() + i * per_map);
+    out.candidate.push_back(c);
+    out.score.push_back(score[size_t(c)]);
+  }
+  return out;
 }
 
 // ---- the model ----
@@ -291,6 +338,7 @@ std::map<std::string, std::string> picture_text(const Condition& cond, const std
   std::vector<std::string> again = {"hwaga", "generate", "-m", model_path};
   for (const std::string& a : cond.args()) again.push_back(a);
   again.insert(again.end(), {"--seed", std::to_string(seed), "-n", std::to_string(candidate + 1)});
+  if (s.rerank > 0) again.insert(again.end(), {"--rerank", "0"});  // the candidate's own stream, no pool
   if (s.greedy) {
     again.push_back("--greedy");
   } else {
@@ -307,6 +355,7 @@ std::map<std::string, std::string> picture_text(const Condition& cond, const std
       {"hwaga.top_p", s.top_p_text},
       {"hwaga.temperature", s.temperature_text},
       {"hwaga.cfg", s.cfg_text},
+      {"hwaga.rerank", std::to_string(s.rerank)},
       {"hwaga.greedy", s.greedy ? "true" : "false"},
       {"hwaga.version", kVersion},
       {"hwaga.command", command_line},

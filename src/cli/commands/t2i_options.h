@@ -56,8 +56,10 @@ struct SamplingArgs {
   bool seed_given = false;
   int n = 1;                // pictures per prompt
   int batch = 0;            // candidates sampled together (0 = all)
+  int rerank = 0;           // draw this many candidates, keep the n the prompt explains best (0 = off)
+  bool rerank_given = false;
 };
-// --top-k, --top-p, --temperature, --cfg, --greedy, --seed, -n, --batch.
+// --top-k, --top-p, --temperature, --cfg, --greedy, --seed, -n, --batch, --rerank.
 void add_sampling_options(CLI::App& sub, SamplingArgs& a, const char* n_help);
 // Range checks that need no model (top-k >= 1, 0 < top-p <= 1, temperature > 0 and finite,
 // n >= 1, batch >= 0, cfg finite); throws UsageError naming the option and the value.
@@ -76,6 +78,7 @@ struct Sampling {
   uint64_t seed = 0;
   bool seed_random = false;  // true when no --seed was given
   int n = 1, batch = 0;
+  int rerank = 0;  // 0 = off; else >= n: candidates drawn, of which the n best are kept
   std::string top_k_text, top_p_text;  // as stored in the PNG ("1024", "none", "64,32,16,8")
   std::string temperature_text, cfg_text;
 };
@@ -87,8 +90,20 @@ Sampling resolve_sampling(const SamplingArgs& a, const TextToImageModel& model);
 uint64_t random_seed();
 // Steps generate_codes reports for one prompt: h*w*D per candidate batch.
 int sampling_steps(const TextToImageModel& model, const Sampling& s);
-// GenerateOptions for one prompt.
+// GenerateOptions for one prompt (n_candidates: the pool when reranking).
 GenerateOptions generate_options(const Sampling& s, uint64_t seed);
+
+// The codes of one prompt's s.n pictures: candidates (seed, 0..n-1), or with s.rerank > 0 the
+// s.n of candidates (seed, 0..rerank-1) with the highest TextToImageModel::prompt_scores, best
+// first (ties: the lower candidate). candidate[i] is picture i's stream, so `generate --seed S
+// -n candidate+1` without --rerank draws it again as its last picture.
+struct SampledCodes {
+  Tensor codes;                    // host int32 [n,h,w,D]
+  std::vector<int64_t> candidate;  // the Philox stream index of each picture
+  std::vector<double> score;       // the prompt score of each picture (empty without --rerank)
+};
+SampledCodes sample_codes(TextToImageModel& model, const std::vector<int32_t>& ids, const Sampling& s,
+                          uint64_t seed, const std::function<void(int, int)>& progress = {});
 
 // ---- the model ----
 // -m as given, or the default model: $HWAGA_MODEL, else samples/models/default.safetensors

@@ -302,7 +302,7 @@ void write_samples(const TrainCliOptions& opt, const std::string& work, int64_t 
     a.seed_given = true;
     const Sampling s = resolve_sampling(a, *model);
     const std::vector<int32_t> ids = prompt_ids(model->tokenizer(), opt.sample_prompts[i], "--sample-prompt", kPrefix);
-    Tensor codes = model->generate_codes(ids, generate_options(s, s.seed));
+    Tensor codes = sample_codes(*model, ids, s, s.seed).codes;
     Tensor x = model->decode(codes);
     char name[64];
     std::snprintf(name, sizeof name, "step%07lld-%02zu.png", (long long)step, i);
