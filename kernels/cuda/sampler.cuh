@@ -42,10 +42,10 @@ HWAGA_HD uint64_t philox_mulhi(uint64_t a, uint64_t b) {
 #endif
 }
 
-// Word `pos` of the Philox4x64-10 stream key = {seed, stream}: word pos % 4 of the block with
-// counter {pos / 4, 0, 0, 0}, exactly as Rng (sample/rng.h) produces it.
-HWAGA_HD uint64_t philox_word(uint64_t seed, uint64_t stream, uint64_t pos) {
-  uint64_t c0 = pos >> 2, c1 = 0, c2 = 0, c3 = 0, k0 = seed, k1 = stream;
+// Block `blk` (words 4*blk .. 4*blk+3) of the Philox4x64-10 stream key = {seed, stream}: counter
+// {blk, 0, 0, 0}, the rounds of sample/rng.cpp.
+HWAGA_HD void philox_block(uint64_t blk, uint64_t seed, uint64_t stream, uint64_t out[4]) {
+  uint64_t c0 = blk, c1 = 0, c2 = 0, c3 = 0, k0 = seed, k1 = stream;
   for (int round = 0; round < 10; ++round) {
     if (round > 0) {
       k0 += 0x9E3779B97F4A7C15ull;
@@ -58,12 +58,18 @@ HWAGA_HD uint64_t philox_word(uint64_t seed, uint64_t stream, uint64_t pos) {
     c2 = hi0 ^ c3 ^ k1;
     c3 = lo0;
   }
-  switch (pos & 3) {
-    case 0: return c0;
-    case 1: return c1;
-    case 2: return c2;
-    default: return c3;
-  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
+// Word `pos` of the stream: word pos % 4 of block pos / 4, exactly as Rng (sample/rng.h)
+// produces it.
+HWAGA_HD uint64_t philox_word(uint64_t seed, uint64_t stream, uint64_t pos) {
+  uint64_t w[4];
+  philox_block(pos >> 2, seed, stream, w);
+  return w[pos & 3];
 }
 
 // Rng::next_double at word `pos`: (word >> 11) * 2^-53, in [0, 1).

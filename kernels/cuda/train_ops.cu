@@ -13,7 +13,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "kernels/cuda/reduce.cuh"
-#include "kernels/cuda/sampler.cuh"  // philox_mulhi: the same 64-bit high product as the sampler
+#include "kernels/cuda/sampler.cuh"  // philox_block: the sampler's Philox4x64-10
 
 namespace hwaga::cuda {
 namespace {
@@ -282,28 +282,6 @@ __global__ void cross_entropy_kernel(const float* z, const int32_t* __restrict__
 
 // ---------------------------------------------------------------- dropout
 
-// Block `blk` (words 4*blk .. 4*blk+3) of the Philox4x64-10 stream key {seed, stream}: the rounds
-// of sample/rng.cpp (and of philox_word in sampler.cuh, which returns one word of the block).
-__host__ __device__ __forceinline__ void philox_block(uint64_t blk, uint64_t seed, uint64_t stream,
-                                                      uint64_t out[4]) {
-  uint64_t c0 = blk, c1 = 0, c2 = 0, c3 = 0, k0 = seed, k1 = stream;
-  for (int round = 0; round < 10; ++round) {
-    if (round > 0) {
-      k0 += 0x9E3779B97F4A7C15ull;
-      k1 += 0xBB67AE8584CAA73Bull;
-    }
-    const uint64_t hi0 = philox_mulhi(0xD2E7470EE14C6C93ull, c0), lo0 = 0xD2E7470EE14C6C93ull * c0;
-    const uint64_t hi1 = philox_mulhi(0xCA5A826395121157ull, c2), lo1 = 0xCA5A826395121157ull * c2;
-    c0 = hi1 ^ c1 ^ k0;
-    c1 = lo1;
-    c2 = hi0 ^ c3 ^ k1;
-    c3 = lo0;
-  }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
-}
 
 // One thread per Philox block of 4 words = 4 consecutive elements.
 __global__ void dropout_kernel(float* x, int64_t n, float p, float keep_scale, uint64_t seed, uint64_t stream) {

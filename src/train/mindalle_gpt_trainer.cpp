@@ -86,7 +86,6 @@ GptLoss MindalleGptTrainer::run(const GptBatch& batch, bool backward, float drop
   const int64_t B = batch.codes.dim(0), C = cfg_.embed_dim, K = cfg_.vocab_size_img, V = cfg_.vocab_size_txt;
   const int64_t L = cfg_.ctx_len_txt, T = cfg_.ctx_len_img, S = L + T - 1, Tm = T - 1;
   const int32_t* codes_host = batch.codes.ptr<int32_t>();  // [B,T] raster order
-  const int32_t* text_host = batch.text.ptr<int32_t>();    // [B,L]
   const Tensor codes_t = on_device(o, batch.codes), text_t = on_device(o, batch.text);
   const int32_t* codes = codes_t.ptr<int32_t>();
   const int32_t* text = text_t.ptr<int32_t>();
@@ -145,16 +144,9 @@ GptLoss MindalleGptTrainer::run(const GptBatch& batch, bool backward, float drop
   if (NT > 0) {
     Ht = o.empty({NT, C});
     o.copy_rows(Ht.f32(), Hs.f32(), {.blocks = B, .rows = L - 1, .C = C, .dst_block = L - 1, .src_block = S}, false);
-    Tensor tgt = Tensor::empty({NT}, DType::I32), wt = Tensor::zeros({NT});
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t + 1 < L; ++t) tgt.ptr<int32_t>()[b * (L - 1) + t] = text_host[b * L + t + 1];
-    for (int64_t n = 0; n < NT; ++n)
-      if (tgt.ptr<int32_t>()[n] != opt_.text_pad_id) res.text_targets++;
-    for (int64_t n = 0; n < NT; ++n)
-      if (tgt.ptr<int32_t>()[n] != opt_.text_pad_id)
-        wt.f32()[n] = 1.0f / float(norm.text_targets > 0 ? norm.text_targets : res.text_targets);
-    tgt = on_device(o, tgt);
-    wt = on_device(o, wt);
+    const TextTargets tt = text_targets(batch.text, opt_.text_pad_id, norm.text_targets);
+    res.text_targets = tt.count;
+    const Tensor tgt = on_device(o, tt.target), wt = on_device(o, tt.weight);
     Tensor tl = o.empty({NT, V});
     o.linear_fwd(Ht.f32(), head_txt_->v(), nullptr, tl.f32(), NT, C, V);
     if (backward) dtxt = o.empty({NT, V});

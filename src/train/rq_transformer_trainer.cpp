@@ -29,6 +29,19 @@ int64_t count_text_targets(const Tensor& text, int32_t pad_id) {
   return n;
 }
 
+TextTargets text_targets(const Tensor& text, int32_t pad_id, int64_t norm_count) {
+  const int64_t B = text.dim(0), L = text.dim(1), NT = B * (L - 1);
+  TextTargets tt{Tensor::empty({NT}, DType::I32), Tensor::zeros({NT}), 0};
+  int32_t* tgt = tt.target.ptr<int32_t>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t + 1 < L; ++t) tgt[b * (L - 1) + t] = text.ptr<int32_t>()[b * L + t + 1];
+  for (int64_t n = 0; n < NT; ++n) tt.count += tgt[n] != pad_id;
+  const float w = 1.0f / float(norm_count > 0 ? norm_count : tt.count);
+  for (int64_t n = 0; n < NT; ++n)
+    if (tgt[n] != pad_id) tt.weight.f32()[n] = w;
+  return tt;
+}
+
 ParamKind stage2_param_kind(const std::string& name) {
   auto ends = [&](const char* e) {
     const size_t n = std::strlen(e);
@@ -163,7 +176,6 @@ RqLoss RqTransformerTrainer::run(const RqBatch& batch, bool backward, float drop
   const Tensor codes_t = on_device(o, batch.codes), text_t = on_device(o, batch.text);
   const int32_t* codes = codes_t.ptr<int32_t>();         // [B,P,D] on the device
   const int32_t* text = text_t.ptr<int32_t>();           // [B,L] on the device
-  const int32_t* text_host = batch.text.ptr<int32_t>();  // [B,L]
   const float* cb = codebook_.f32();
   const float fD = float(D);
 
@@ -248,16 +260,9 @@ RqLoss RqTransformerTrainer::run(const RqBatch& batch, bool backward, float drop
     txt_in = o.empty({NT, C});
     o.copy_rows(txt_in.f32(), out.f32(), {.blocks = B, .rows = L - 1, .C = C, .dst_block = L - 1, .src_block = T},
                 false);
-    Tensor tgt = Tensor::empty({NT}, DType::I32), wt = Tensor::zeros({NT});
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t + 1 < L; ++t) tgt.ptr<int32_t>()[b * (L - 1) + t] = text_host[b * L + t + 1];
-    for (int64_t n = 0; n < NT; ++n)
-      if (tgt.ptr<int32_t>()[n] != opt_.text_pad_id) res.text_targets++;
-    for (int64_t n = 0; n < NT; ++n)
-      if (tgt.ptr<int32_t>()[n] != opt_.text_pad_id)
-        wt.f32()[n] = 1.0f / float(norm.text_targets > 0 ? norm.text_targets : res.text_targets);
-    tgt = on_device(o, tgt);
-    wt = on_device(o, wt);
+    const TextTargets tt = text_targets(batch.text, opt_.text_pad_id, norm.text_targets);
+    res.text_targets = tt.count;
+    const Tensor tgt = on_device(o, tt.target), wt = on_device(o, tt.weight);
     txt_mean = o.empty({NT});
     txt_rstd = o.empty({NT});
     txt_h = o.empty({NT, C});

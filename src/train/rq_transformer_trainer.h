@@ -60,6 +60,15 @@ struct LossNorm {
 // Non-PAD text targets of a batch (the text head predicts ids 1..L-1 of each row).
 int64_t count_text_targets(const Tensor& text, int32_t pad_id);
 
+// The text head's targets of a batch text [B,L] (host int32): target[b*(L-1)+t] = text[b,t+1];
+// weight 1/count for the non-PAD ones (count = norm_count when > 0, else this batch's), 0 for
+// PAD; count = this batch's non-PAD targets. Host tensors [B*(L-1)].
+struct TextTargets {
+  Tensor target, weight;
+  int64_t count = 0;
+};
+TextTargets text_targets(const Tensor& text, int32_t pad_id, int64_t norm_count);
+
 class RqTransformerTrainer {
  public:
   // codebook: host f32 [K,E], rows [0,K) of the stage-1 codebook (copied). Parameters start at 0;

@@ -11,6 +11,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
+#include "train/train_ops.h"
 
 namespace hwaga::gputest {
 
@@ -47,6 +48,33 @@ inline Backend& cpu_backend() {
     GTEST_SKIP() << "no CUDA device: " << why_##var;                                      \
   }                                                                                       \
   Backend& var = *var##_ptr
+
+// The CUDA training ops (train/train_ops.h), created once; `why` says what is missing when there
+// are none.
+inline train::TrainOps* cuda_train_ops(std::string* why) {
+  static std::unique_ptr<train::TrainOps> ops;
+  static std::string reason;
+  static bool tried = false;
+  if (!tried) {
+    tried = true;
+    ops = train::make_cuda_train_ops(0, &reason);
+  }
+  *why = reason;
+  return ops.get();
+}
+
+// Like HWAGA_NEED_GPU, for the training ops: a visible skip without a GPU, a failure when
+// HWAGA_REQUIRE_GPU=1.
+#define HWAGA_NEED_CUDA_TRAIN_OPS(var)                                                       \
+  std::string why_##var;                                                                    \
+  ::hwaga::train::TrainOps* var##_ptr = ::hwaga::gputest::cuda_train_ops(&why_##var);       \
+  if (!var##_ptr) {                                                                         \
+    const char* req = std::getenv("HWAGA_REQUIRE_GPU");                                     \
+    if (req && std::string(req) == "1") FAIL() << "HWAGA_REQUIRE_GPU=1 but " << why_##var;  \
+    if (why_##var.rfind("no CUDA device", 0) == 0) GTEST_SKIP() << why_##var;               \
+    GTEST_SKIP() << "no CUDA device: " << why_##var;                                        \
+  }                                                                                         \
+  ::hwaga::train::TrainOps& var = *var##_ptr
 
 inline Tensor random_tensor(const Shape& s, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
   Tensor t = Tensor::empty(s);

@@ -19,6 +19,7 @@
 #include <cstring>
 #include <random>
 
+#include "gpu_test_util.h"
 #include "train/checkpoint.h"
 #include "train/mindalle_gpt_trainer.h"
 #include "train/optim.h"
@@ -30,29 +31,6 @@ using namespace hwaga;
 using namespace hwaga::train;
 
 namespace {
-
-TrainOps* cuda_ops(std::string* why) {
-  static std::unique_ptr<TrainOps> ops;
-  static std::string reason;
-  static bool tried = false;
-  if (!tried) {
-    tried = true;
-    ops = make_cuda_train_ops(0, &reason);
-  }
-  *why = reason;
-  return ops.get();
-}
-
-// Skips visibly without a GPU; fails under HWAGA_REQUIRE_GPU=1 (device runs).
-#define NEED_CUDA_OPS(var)                                                               \
-  std::string why_##var;                                                                 \
-  TrainOps* var##_ptr = cuda_ops(&why_##var);                                            \
-  if (!var##_ptr) {                                                                      \
-    const char* req = std::getenv("HWAGA_REQUIRE_GPU");                                  \
-    if (req && std::string(req) == "1") FAIL() << "HWAGA_REQUIRE_GPU=1 but " << why_##var; \
-    GTEST_SKIP() << "no CUDA training ops: " << why_##var;                               \
-  }                                                                                      \
-  TrainOps& var = *var##_ptr
 
 RqTransformerConfig rq_config(bool medium) {
   RqTransformerConfig c;
@@ -152,7 +130,7 @@ void compare_steps(Trainer& cpu, Trainer& gpu, TrainOps& ops, const RqBatch& bat
 }  // namespace
 
 TEST(CudaTrain, RqTransformerStepsMatchTheCpu) {
-  NEED_CUDA_OPS(ops);
+  HWAGA_NEED_CUDA_TRAIN_OPS(ops);
   for (bool medium : {false, true}) {
     SCOPED_TRACE(medium ? "medium config" : "small config");
     const RqTransformerConfig cfg = rq_config(medium);
@@ -180,7 +158,7 @@ TEST(CudaTrain, RqTransformerStepsMatchTheCpu) {
 }
 
 TEST(CudaTrain, MindalleGptStepsMatchTheCpu) {
-  NEED_CUDA_OPS(ops);
+  HWAGA_NEED_CUDA_TRAIN_OPS(ops);
   MindalleGptConfig c;
   c.embed_dim = 48, c.n_layers = 2, c.n_heads = 3;
   c.ctx_len_img = 12, c.ctx_len_txt = 5, c.vocab_size_img = 40, c.vocab_size_txt = 30;
@@ -195,7 +173,7 @@ TEST(CudaTrain, MindalleGptStepsMatchTheCpu) {
 }
 
 TEST(CudaTrain, Bf16ProductsStayCloseToF32) {
-  NEED_CUDA_OPS(ops);
+  HWAGA_NEED_CUDA_TRAIN_OPS(ops);
   const RqTransformerConfig cfg = rq_config(true);
   const Tensor cb = randn({cfg.vocab_size, cfg.input_embed_dim}, 1, 0.7f);
   RqTransformerTrainer cpu(cfg, cb), gpu(cfg, cb);
@@ -213,7 +191,7 @@ TEST(CudaTrain, Bf16ProductsStayCloseToF32) {
 }
 
 TEST(CudaTrain, CheckpointsTravelBetweenDevices) {
-  NEED_CUDA_OPS(ops);
+  HWAGA_NEED_CUDA_TRAIN_OPS(ops);
   const RqTransformerConfig cfg = rq_config(false);
   const Tensor cb = randn({cfg.vocab_size, cfg.input_embed_dim}, 1, 0.7f);
   RqTransformerTrainer gpu(cfg, cb);

@@ -56,32 +56,6 @@ constexpr double kTolAttnBwd = 2e-5;
 constexpr double kTolBf16 = 2e-3;
 constexpr double kTolDouble = 1e-12;
 
-// The CUDA ops, created once; `why` says what is missing when there are none.
-TrainOps* cuda_train_ops(std::string* why) {
-  static std::unique_ptr<TrainOps> ops;
-  static std::string reason;
-  static bool tried = false;
-  if (!tried) {
-    tried = true;
-    ops = train::make_cuda_train_ops(0, &reason);
-  }
-  *why = reason;
-  return ops.get();
-}
-
-// Like HWAGA_NEED_GPU (gpu_test_util.h): a visible skip without a GPU, a failure when
-// HWAGA_REQUIRE_GPU=1.
-#define NEED_CUDA_OPS(var)                                                                  \
-  std::string why_##var;                                                                    \
-  TrainOps* var##_ptr = cuda_train_ops(&why_##var);                                         \
-  if (!var##_ptr) {                                                                         \
-    const char* req = std::getenv("HWAGA_REQUIRE_GPU");                                     \
-    if (req && std::string(req) == "1") FAIL() << "HWAGA_REQUIRE_GPU=1 but " << why_##var;  \
-    if (why_##var.rfind("no CUDA device", 0) == 0) GTEST_SKIP() << why_##var;               \
-    GTEST_SKIP() << "no CUDA device: " << why_##var;                                        \
-  }                                                                                         \
-  TrainOps& var = *var##_ptr
-
 // Restores the process-wide matmul precision when a test leaves (also on a failed assertion).
 struct MatmulPrecisionGuard {
   train::MatmulPrecision saved = train::matmul_precision();
@@ -123,14 +97,14 @@ double rel_diff(double got, double ref) { return std::fabs(got - ref) / std::max
 // ---------------------------------------------------------------- identity and memory
 
 TEST(CudaTrainOps, NameDeviceBackend) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   EXPECT_EQ(gpu.device(), Device::CUDA);
   EXPECT_EQ(gpu.name().rfind("cuda (", 0), 0u) << gpu.name();
   EXPECT_EQ(gpu.backend().device(), Device::CUDA);
 }
 
 TEST(CudaTrainOps, MemoryOpsExact) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   Tensor x = rnd({37, 48}, 1);
   Tensor d = gpu.upload(x);
   EXPECT_EQ(d.device(), Device::CUDA);
@@ -222,7 +196,7 @@ const LinearCase kLinearCases[] = {
 };
 
 TEST(CudaTrainOps, LinearF32) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   MatmulPrecisionGuard guard;
   train::set_matmul_precision(train::MatmulPrecision::f32);
   uint64_t seed = 100;
@@ -230,7 +204,7 @@ TEST(CudaTrainOps, LinearF32) {
 }
 
 TEST(CudaTrainOps, LinearBf16) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   MatmulPrecisionGuard guard;
   train::set_matmul_precision(train::MatmulPrecision::bf16);
   uint64_t seed = 200;
@@ -251,7 +225,7 @@ TEST(CudaTrainOps, LinearBf16) {
 // ---------------------------------------------------------------- LayerNorm
 
 TEST(CudaTrainOps, LayerNorm) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   TrainOps& cpu = cpu_train_ops();
   struct Case {
     int64_t N, C;
@@ -302,7 +276,7 @@ TEST(CudaTrainOps, LayerNorm) {
 // ---------------------------------------------------------------- GELU
 
 TEST(CudaTrainOps, Gelu) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   TrainOps& cpu = cpu_train_ops();
   for (int64_t n : {int64_t(1), int64_t(1001), int64_t(70001)}) {
     Tensor x = rnd({n}, 400 + n, -6.0f, 6.0f), dy = rnd({n}, 401 + n);
@@ -322,7 +296,7 @@ TEST(CudaTrainOps, Gelu) {
 // ---------------------------------------------------------------- attention
 
 TEST(CudaTrainOps, Attention) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   TrainOps& cpu = cpu_train_ops();
   struct Case {
     int64_t B, T, H, hd;
@@ -365,7 +339,7 @@ TEST(CudaTrainOps, Attention) {
 // ---------------------------------------------------------------- embeddings, positions
 
 TEST(CudaTrainOps, EmbeddingExact) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   TrainOps& cpu = cpu_train_ops();
   const int64_t V = 70, C = 48;
   for (int64_t N : {int64_t(37), int64_t(600)}) {
@@ -386,7 +360,7 @@ TEST(CudaTrainOps, EmbeddingExact) {
 }
 
 TEST(CudaTrainOps, AddPosExact) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   TrainOps& cpu = cpu_train_ops();
   struct Case {
     int64_t N, R, C;
@@ -407,7 +381,7 @@ TEST(CudaTrainOps, AddPosExact) {
 // ---------------------------------------------------------------- cross-entropy
 
 TEST(CudaTrainOps, CrossEntropy) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   TrainOps& cpu = cpu_train_ops();
   struct Case {
     int64_t N, K;
@@ -449,7 +423,7 @@ TEST(CudaTrainOps, CrossEntropy) {
 }
 
 TEST(CudaTrainOps, CrossEntropyBadTargetThrows) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   TrainOps& cpu = cpu_train_ops();
   const int64_t N = 37, K = 70;
   Tensor z = rnd({N, K}, 900);
@@ -483,7 +457,7 @@ TEST(CudaTrainOps, CrossEntropyBadTargetThrows) {
 // ---------------------------------------------------------------- dropout
 
 TEST(CudaTrainOps, DropoutBitwise) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   TrainOps& cpu = cpu_train_ops();
   for (int64_t n : {int64_t(1), int64_t(1003), int64_t(100001)}) {
     for (float p : {0.0f, 0.1f, 0.5f, 0.9f}) {
@@ -506,7 +480,7 @@ TEST(CudaTrainOps, DropoutBitwise) {
 // ---------------------------------------------------------------- elementwise and data movement
 
 TEST(CudaTrainOps, Elementwise) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   TrainOps& cpu = cpu_train_ops();
   const int64_t n = 100003;
   Tensor a = rnd({n}, 1100), b = rnd({n}, 1101, -3.0f, 3.0f);
@@ -540,7 +514,7 @@ TEST(CudaTrainOps, Elementwise) {
 }
 
 TEST(CudaTrainOps, CopyRowsExact) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   TrainOps& cpu = cpu_train_ops();
   train::RowCopy g;
   g.blocks = 3;
@@ -579,7 +553,7 @@ TEST(CudaTrainOps, CopyRowsExact) {
 // ---------------------------------------------------------------- code embeddings
 
 TEST(CudaTrainOps, CodeSumsExact) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   TrainOps& cpu = cpu_train_ops();
   const int64_t K = 70, E = 48, B = 2, P = 13, Pm = 11, D = 4;
   Tensor cb = rnd({K, E}, 1300);
@@ -600,7 +574,7 @@ TEST(CudaTrainOps, CodeSumsExact) {
 // ---------------------------------------------------------------- optimizer
 
 TEST(CudaTrainOps, SumSquares) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   TrainOps& cpu = cpu_train_ops();
   for (int64_t n : {int64_t(1), int64_t(1001), int64_t(100003)}) {
     Tensor x = rnd({n}, 1400 + n, -3.0f, 3.0f);
@@ -611,7 +585,7 @@ TEST(CudaTrainOps, SumSquares) {
 }
 
 TEST(CudaTrainOps, AdamW) {
-  NEED_CUDA_OPS(gpu);
+  HWAGA_NEED_CUDA_TRAIN_OPS(gpu);
   TrainOps& cpu = cpu_train_ops();
   const int64_t n = 1001;
   Tensor w = rnd({n}, 1500), g = rnd({n}, 1501, -0.1f, 0.1f), m = rnd({n}, 1502, -0.01f, 0.01f),
