@@ -6,10 +6,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
 #include <cstring>
 #include <map>
 #include <random>
+#include <vector>
 
 #include "nn/stage1_config.h"
 #include "train/optim.h"
