@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "train/nccl_comm.h"
 #include "train/train_ops.h"
 
 namespace hwaga::train {
@@ -264,6 +265,16 @@ void DataParallel::all_reduce_sum(double* x, int64_t n) { reduce_impl(x, n); }
 
 void DataParallel::all_reduce_grads(ParamSet& ps, float scale, double* extra, int64_t n_extra) {
   if (opt_.world == 1) return;
+  if (nccl_) {  // on the GPUs, in place; the extras over TCP
+    std::vector<std::pair<float*, int64_t>> bufs;
+    for (auto& p : ps.all())
+      if (p->grad.defined()) bufs.push_back({p->g(), p->numel()});
+    nccl_->all_reduce_sum(bufs);
+    if (scale != 1.0f)
+      for (auto& [g, n] : bufs) ps.ops().scale(g, scale, n);
+    if (n_extra > 0) reduce_impl(extra, n_extra);
+    return;
+  }
   int64_t total = 0;
   for (auto& p : ps.all())
     if (p->grad.defined()) total += p->numel();

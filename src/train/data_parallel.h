@@ -23,6 +23,8 @@
 
 namespace hwaga::train {
 
+class NcclComm;
+
 struct DataParallelOptions {
   int rank = 0;
   int world = 1;
@@ -50,7 +52,8 @@ class DataParallel {
   void all_reduce_sum(float* x, int64_t n);
   void all_reduce_sum(double* x, int64_t n);
   // Every gradient of `ps` <- scale x its sum over the ranks (one message for all of them).
-  // `extra` (n_extra values, e.g. losses and flags) rides along and is summed unscaled.
+  // `extra` (n_extra values, e.g. losses and flags) rides along and is summed unscaled. With
+  // NCCL attached the gradients are summed on the GPUs by NCCL instead (extra still over TCP).
   void all_reduce_grads(ParamSet& ps, float scale, double* extra = nullptr, int64_t n_extra = 0);
   // Rank 0: out <- every rank's x (n values each) in rank order; the others send theirs.
   void gather(const float* x, int64_t n, std::vector<float>* out);
@@ -59,6 +62,8 @@ class DataParallel {
   void broadcast(std::string& s);
   // Returns when every rank has called it.
   void barrier();
+  // Sums the gradients with `comm` from now on (not owned; null: over TCP again).
+  void set_nccl(NcclComm* comm) { nccl_ = comm; }
 
  private:
   template <class T>
@@ -72,6 +77,7 @@ class DataParallel {
   std::vector<int> peers_;  // rank 0: fds of ranks 1..W-1 (index r-1); others: [fd of rank 0]
   std::vector<char> scratch_;
   std::vector<float> grads_;
+  NcclComm* nccl_ = nullptr;
 };
 
 }  // namespace hwaga::train

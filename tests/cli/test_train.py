@@ -296,6 +296,8 @@ class TrainCli(Stage2Fixture):
             (self.base(w, "--steps", "1", "--cfg-drop", "1"), 2, "--cfg-drop must be in [0, 1)"),
             (self.base(w, "--steps", "1", "--matmul", "f16"), 2, "--matmul: expected f32 or bf16"),
             (self.base(w, "--steps", "1", "--cfg-drop", "-0.1"), 2, "--cfg-drop must be in [0, 1)"),
+            (self.base(w, "--steps", "1", "--dist-backend", "mpi"), 2, "--dist-backend: expected tcp or nccl"),
+            (self.base(w, "--steps", "1", "--dist-backend", "nccl"), 2, "--dist-backend nccl sums gradients on GPUs"),
             (["train", "--work-dir", self.work("none"), "--resume"], 1, "there is no checkpoint"),
             ([a if a != self.shards else os.path.join(self.tmp, "missing-{0..3}.tar") for a in self.base(w, "--steps", "1")],
              1, "missing-0.tar"),
@@ -310,6 +312,10 @@ class TrainCli(Stage2Fixture):
         ]
         if shutil.which("nvidia-smi") is None:  # no GPU: --device cuda says why before touching anything
             cases.append((self.base(w, "--steps", "1", "--device", "cuda"), 1, "--device cuda: "))
+            # NCCL missing or no GPU: either reason, named, before anything is written
+            p = hwaga(*self.base(w, "--steps", "1", "--device", "cuda", "--dist-backend", "nccl"))
+            self.assertEqual(p.returncode, 1, p.stderr)
+            self.assertRegex(p.stderr, r"--dist-backend nccl: |--device cuda: ")
         for args, rc, msg in cases:
             p = hwaga(*args)
             self.assertEqual(p.returncode, rc, "%s: rc %d\n%s" % (args, p.returncode, p.stderr))

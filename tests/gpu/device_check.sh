@@ -11,7 +11,7 @@
 #      time per step at 64 x 16384), test_cuda_train_ops (every stage-2 training op of the CUDA
 #      TrainOps against the CPU's) and test_cuda_train (RQ-Transformer and minDALL-E training
 #      steps on the GPU against the same steps on the CPU: losses, gradients, AdamW updates,
-#      checkpoints moving between the devices)
+#      checkpoints moving between the devices, NCCL with one rank where libnccl.so.2 is found)
 #   3. tools/bench_train_stage2.py --device cuda: stage-2 training tokens/s, hwaga vs PyTorch (f32, bf16)
 #   3b. bench_gpu_stage1 (hwaga: RQ-VAE / VQGAN decode + encode, batch 1 and 64, f32 and bf16 weights,
 #      card copy bandwidth and cuBLASLt 8192^3 rates)
@@ -73,7 +73,8 @@ except Exception:
 dirs = []
 for r in roots:
     for pat in ("nvidia/**/libcudnn.so.9", "nvidia/**/libcublas.so.13", "nvidia/**/libcublasLt.so.13",
-                "torch/lib/libcudnn.so.9", "torch/lib/libcublas.so.13"):
+                "torch/lib/libcudnn.so.9", "torch/lib/libcublas.so.13",
+                "nvidia/**/libnccl.so.2", "torch/lib/libnccl.so.2"):  # NCCL: dlopen'ed by --dist-backend nccl
         for f in glob.glob(os.path.join(r, pat), recursive=True):
             d = os.path.dirname(f)
             if d not in dirs:

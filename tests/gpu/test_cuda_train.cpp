@@ -22,6 +22,7 @@
 #include "gpu_test_util.h"
 #include "train/checkpoint.h"
 #include "train/mindalle_gpt_trainer.h"
+#include "train/nccl_comm.h"
 #include "train/optim.h"
 #include "train/rq_transformer_trainer.h"
 #include "train/train_ops.h"
@@ -233,4 +234,29 @@ TEST(CudaTrain, CheckpointsTravelBetweenDevices) {
   adam2.step(gpu2.params(), 1e-3f);
   expect_values_close(cpu.params(), gpu2.params(), 1e-4);
   std::remove(path.c_str());
+}
+
+// NCCL is loaded at run time (train/nccl_comm.h); where it is found, its id needs no GPU.
+TEST(NcclHost, UniqueIdsAre128FreshBytes) {
+  std::string why;
+  if (!nccl_available(&why)) GTEST_SKIP() << "NCCL not loadable: " << why;
+  const std::string a = NcclComm::unique_id(), b = NcclComm::unique_id();
+  EXPECT_EQ(a.size(), 128u);
+  EXPECT_NE(a, b);
+}
+
+// One rank: the communicator forms on the training ops' stream and a sum over one rank leaves
+// the buffers as they were (the two-rank sum needs two GPUs: docs/PERFORMANCE.md, device runs).
+TEST(CudaTrain, NcclOneRankKeepsTheBuffers) {
+  HWAGA_NEED_CUDA_TRAIN_OPS(ops);
+  std::string why;
+  if (!nccl_available(&why)) GTEST_SKIP() << "NCCL not loadable: " << why;
+  NcclComm comm(0, 1, NcclComm::unique_id(), ops);
+  EXPECT_EQ(comm.world(), 1);
+  const Tensor h = randn({1000}, 11, 1.0f), h2 = randn({7}, 12, 1.0f);
+  Tensor d = ops.upload(h), d2 = ops.upload(h2);
+  comm.all_reduce_sum({{d.f32(), d.numel()}, {d2.f32(), d2.numel()}});
+  const Tensor back = ops.download(d), back2 = ops.download(d2);
+  EXPECT_EQ(std::memcmp(back.data(), h.data(), h.nbytes()), 0);
+  EXPECT_EQ(std::memcmp(back2.data(), h2.data(), h2.nbytes()), 0);
 }

@@ -4,7 +4,8 @@
 //             [--weight-decay 1e-4] [--dropout 0.1] [--clip 1.0] [--seed S]
 //             [--balance] [--cfg-drop P] [--save-every N] [--sample-every N --sample-prompt P ...] [--stop-after K]
 //             [--resume] [--export model.safetensors [--export-dtype f32|bf16|f16]] [--threads N]
-//             [--device cpu|cuda] [--world W --rank R --dist-addr HOST:PORT [--dist-timeout S]]
+//             [--device cpu|cuda] [--world W --rank R --dist-addr HOST:PORT [--dist-timeout S]
+//             [--dist-backend tcp|nccl]]
 //
 // Trains the text-conditioned RQ-Transformer (stage 2, config type "rq-transformer") against a
 // frozen stage-1 RQ-VAE (architecture.md §2, §6.2), or minDALL-E's GPT (type "mindalle-gpt")
@@ -53,6 +54,9 @@
 // summed over the ranks are the global batch's; rank 0 alone encodes the code cache, trains a
 // SentencePiece tokenizer (and sends it), writes the log, checkpoints and samples. An interrupt
 // on any rank stops all of them after the same step (rank 0 saves; the others exit 130).
+// --dist-backend nccl (with --device cuda; one process per GPU, e.g. CUDA_VISIBLE_DEVICES=R)
+// sums the gradients GPU to GPU with NCCL (train/nccl_comm.h); the TCP link still carries the
+// rendezvous, the losses, the interrupt flag and the broadcasts.
 //
 // Exit codes: 0 done, 1 error (files, data, a config that does not pair with the stage-1 model
 // or the tokenizer), 2 bad option value, 128+signal when interrupted (after saving).
@@ -78,6 +82,7 @@
 #include "text/charbpe.h"
 #include "text/spm_tokenizer.h"
 #include "train/checkpoint.h"
+#include "train/nccl_comm.h"
 #include "train/train_ops.h"
 #include "train/code_cache.h"
 #include "train/data_parallel.h"
@@ -114,6 +119,7 @@ struct TrainCliOptions {
   bool balance = false;  // draw every json "group" equally often (train/code_cache.h)
   std::string dump_step;  // hidden: the first step's batch, losses and gradients (parity tests)
   DistCliOptions dist;  // data parallel (train/data_parallel.h)
+  std::string dist_backend = "tcp";  // how the gradients are summed: tcp, or nccl (GPUs)
   CLI::App* app = nullptr;
   bool given(const char* name) const { return app && app->count(name) > 0; }
 };
@@ -410,6 +416,13 @@ int run_train(TrainCliOptions opt) {
   if (opt.resume && !opt.init.empty()) usage_fail("--init starts a new run; --resume continues one (not both)");
   if (opt.context < 0) usage_fail("--context must be positive, got ", opt.context);
   check_dist_options(opt.dist, opt.batch);
+  if (opt.dist_backend != "tcp" && opt.dist_backend != "nccl")
+    usage_fail("--dist-backend: expected tcp or nccl, got '", opt.dist_backend, "'");
+  if (opt.dist_backend == "nccl") {
+    if (opt.common.device != "cuda") usage_fail("--dist-backend nccl sums gradients on GPUs: it needs --device cuda");
+    std::string why;
+    if (!nccl_available(&why)) fail("--dist-backend nccl: ", why);
+  }
 
   // "auto" stays on the CPU until the GPU loop has been measured against it on a lent GPU
   // (tests/gpu/test_cuda_train.cpp); --device cuda asks for it.
@@ -562,6 +575,14 @@ int run_train(TrainCliOptions opt) {
   if (fresh) tr.init_weights(opt.seed);  // on the host, then moved
   if (gpu_ops) tr.to_device(*gpu_ops);    // before the optimizer state exists: AdamW follows the params
   TrainOps& ops = tr.params().ops();
+  std::unique_ptr<NcclComm> nccl;  // --dist-backend nccl: rank 0's id travels over the TCP link
+  if (opt.dist_backend == "nccl") {
+    std::string id = dp.leader() ? NcclComm::unique_id() : std::string();
+    dp.broadcast(id);
+    nccl = std::make_unique<NcclComm>(dp.rank(), dp.world(), id, *gpu_ops);
+    dp.set_nccl(nccl.get());
+    say("gradients summed over NCCL, " + std::to_string(dp.world()) + " rank" + (dp.world() == 1 ? "" : "s"));
+  }
   if (opt.resume) {
     restore_checkpoint(resumed, ckpt_path, tr.params(), &adam);
     start = rmeta.at("step").get<int64_t>();
@@ -766,6 +787,9 @@ Command reg("train", "Train the text-to-image transformer (stage 2) on tar shard
   sub.add_option("--export-dtype", opt->export_dtype, "stage-2 dtype of --export: f32, bf16 or f16 (default f32)");
   sub.add_option("--dump-step", opt->dump_step, "")->group("");  // tests: the first step's gradients
   add_dist_options(sub, opt->dist);
+  sub.add_option("--dist-backend", opt->dist_backend,
+                 "data parallel: sum the gradients over tcp (default; through the host) or nccl (GPU to GPU, with "
+                 "--device cuda, one process per GPU; needs libnccl.so.2)");
   add_common_options(sub, opt->common);
   return [opt] { return run_with_exit_codes(kPrefix, [&] { return run_train(*opt); }); };
 });
