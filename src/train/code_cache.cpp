@@ -24,6 +24,7 @@ constexpr uint64_t kPermSeedMix = 0x7065726d75746531ull;     // "permute1"
 constexpr uint64_t kCaptionSeedMix = 0x6361707469306e31ull;  // "capti0n1"
 constexpr uint64_t kBalanceSeedMix = 0x62616c616e636531ull;  // "balance1"
 constexpr uint64_t kUncondSeedMix = 0x756e636f6e643031ull;   // "uncond01"
+constexpr uint64_t kNoiseSeedMix = 0x636f64656e6f6931ull;    // "codenoi1"
 
 uint64_t mix64(uint64_t x) {  // splitmix64 finalizer
   x ^= x >> 30;
@@ -338,6 +339,13 @@ void CodeBatcher::set_uncond_prob(double p) {
   uncond_prob_ = p;
 }
 
+void CodeBatcher::set_code_noise(double p, int64_t K) {
+  HWAGA_CHECK(p >= 0 && p < 1, "CodeBatcher: the code noise must be in [0, 1), got ", p);
+  HWAGA_CHECK(p == 0 || (K >= 1 && K <= (int64_t(1) << 31)), "CodeBatcher: code noise needs a vocabulary size, got ", K);
+  code_noise_ = p;
+  noise_vocab_ = K;
+}
+
 bool CodeBatcher::unconditional(int64_t g) const {
   if (uncond_prob_ <= 0) return false;
   Rng rng(seed_ ^ kUncondSeedMix, uint64_t(g));
@@ -360,6 +368,17 @@ RqBatch CodeBatcher::batch(int64_t step, int B) {
   for (int i = 0; i < B; ++i) {
     const int64_t g = step * B + i, n = sample_at(g);
     std::memcpy(b.codes.ptr<int32_t>() + i * per, codes.ptr<int32_t>() + n * per, size_t(per) * sizeof(int32_t));
+    if (code_noise_ > 0) {
+      if (!b.input_codes.defined()) b.input_codes = Tensor::empty(b.codes.shape(), DType::I32);
+      const int32_t* src = b.codes.ptr<int32_t>() + i * per;
+      int32_t* dst = b.input_codes.ptr<int32_t>() + i * per;
+      Rng rng(seed_ ^ kNoiseSeedMix, uint64_t(g));
+      const uint32_t threshold = uint32_t(std::min(code_noise_ * 0x1.0p32, 0x1.0p32 - 1));
+      for (int64_t j = 0; j < per; ++j) {
+        const uint64_t w = rng.next_u64();  // low word: the draw, high word: the replacement
+        dst[j] = uint32_t(w) < threshold ? int32_t((uint64_t(w >> 32) * uint64_t(noise_vocab_)) >> 32) : src[j];
+      }
+    }
     int32_t* row = b.text.ptr<int32_t>() + i * L;
     if (unconditional(g)) {
       std::fill(row, row + L, tok_.pad_id);

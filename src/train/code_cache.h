@@ -32,6 +32,13 @@
 // text, the prompt classifier-free guidance conditions on for "no text", when a uniform draw
 // from Philox stream (seed''', g) is below P; its image targets are kept, so the model learns the
 // unconditional picture distribution next to the conditional one.
+// Input code noise (hwaga train --code-noise P): each code of the row at global position g is,
+// as an input, replaced with a uniform code in [0, K) when its uniform draw from Philox stream
+// (seed'''', g) is below P (one 64-bit word a code: the low half is the draw, the high half
+// picks the replacement); the targets stay the true codes. Sampling feeds the model its own (imperfect) codes; trained only on true
+// ones, a model learns to read the picture's identity off small details of the first codes (the
+// RQ-VAE's attention spreads it into every code) and follows a wrong guess there instead of the
+// text. Noisy inputs make it lean on the text.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -100,6 +107,8 @@ class CodeBatcher {
   void set_uncond_prob(double p);
   // Whether the row at global position g is unconditional.
   bool unconditional(int64_t g) const;
+  // Share of input codes replaced by uniform codes in [0, K) (see the header comment), in [0, 1).
+  void set_code_noise(double p, int64_t K);
   // The batch of training step `step` (B samples: positions step*B .. step*B+B-1).
   RqBatch batch(int64_t step, int B);
   // Epoch and position in it of global position g.
@@ -116,6 +125,8 @@ class CodeBatcher {
   uint64_t seed_;
   bool balance_;
   double uncond_prob_ = 0;
+  double code_noise_ = 0;
+  int64_t noise_vocab_ = 0;
   std::vector<std::vector<int64_t>> members_;  // balance: the samples of each group, ascending
   int64_t perm_epoch_ = -1;
   std::vector<int64_t> perm_;

@@ -66,6 +66,7 @@ void MindalleGptTrainer::check_batch(const GptBatch& b) const {
   for (int64_t i = 0; i < c.numel(); ++i)
     HWAGA_CHECK(c.ptr<int32_t>()[i] >= 0 && c.ptr<int32_t>()[i] < cfg_.vocab_size_img, "mindalle-gpt trainer: code ",
                 c.ptr<int32_t>()[i], " outside [0, ", cfg_.vocab_size_img, ")");
+  check_input_codes(b, cfg_.vocab_size_img, "mindalle-gpt trainer");
 }
 
 // ---------------------------------------------------------------- the model
@@ -85,7 +86,7 @@ GptLoss MindalleGptTrainer::run(const GptBatch& batch, bool backward, float drop
   TrainOps& o = ops();
   const int64_t B = batch.codes.dim(0), C = cfg_.embed_dim, K = cfg_.vocab_size_img, V = cfg_.vocab_size_txt;
   const int64_t L = cfg_.ctx_len_txt, T = cfg_.ctx_len_img, S = L + T - 1, Tm = T - 1;
-  const int32_t* codes_host = batch.codes.ptr<int32_t>();  // [B,T] raster order
+  const int32_t* codes_host = batch.inputs().ptr<int32_t>();  // [B,T] raster order: the input codes
   const Tensor codes_t = on_device(o, batch.codes), text_t = on_device(o, batch.text);
   const int32_t* codes = codes_t.ptr<int32_t>();
   const int32_t* text = text_t.ptr<int32_t>();

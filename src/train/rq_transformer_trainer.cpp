@@ -153,6 +153,17 @@ void RqTransformerTrainer::check_batch(const RqBatch& b) const {
   for (int64_t i = 0; i < c.numel(); ++i)
     HWAGA_CHECK(c.ptr<int32_t>()[i] >= 0 && c.ptr<int32_t>()[i] < cfg_.vocab_size, "rq-transformer trainer: code ",
                 c.ptr<int32_t>()[i], " outside [0, ", cfg_.vocab_size, ")");
+  check_input_codes(b, cfg_.vocab_size, "rq-transformer trainer");
+}
+
+void check_input_codes(const RqBatch& b, int64_t K, const char* who) {
+  if (!b.input_codes.defined()) return;
+  const Tensor& x = b.input_codes;
+  HWAGA_CHECK(x.dtype() == DType::I32 && x.shape() == b.codes.shape(), who, ": input codes must be int32 ",
+              shape_str(b.codes.shape()), " like the codes, found ", dtype_name(x.dtype()), " ", shape_str(x.shape()));
+  for (int64_t i = 0; i < x.numel(); ++i)
+    HWAGA_CHECK(x.ptr<int32_t>()[i] >= 0 && x.ptr<int32_t>()[i] < K, who, ": input code ", x.ptr<int32_t>()[i],
+                " outside [0, ", K, ")");
 }
 
 // ---------------------------------------------------------------- the model
@@ -174,14 +185,16 @@ RqLoss RqTransformerTrainer::run(const RqBatch& batch, bool backward, float drop
   const int64_t L = cfg_.block_size_cond, P = int64_t(cfg_.H()) * cfg_.W(), D = cfg_.D(), T = L + P - 1;
   const int64_t V = cfg_.vocab_size_cond, Pm = P - 1;
   const Tensor codes_t = on_device(o, batch.codes), text_t = on_device(o, batch.text);
-  const int32_t* codes = codes_t.ptr<int32_t>();         // [B,P,D] on the device
+  const Tensor in_t = batch.input_codes.defined() ? on_device(o, batch.input_codes) : codes_t;
+  const int32_t* codes = codes_t.ptr<int32_t>();         // [B,P,D] on the device: the targets
+  const int32_t* in_codes = in_t.ptr<int32_t>();         // [B,P,D] on the device: the inputs
   const int32_t* text = text_t.ptr<int32_t>();           // [B,L] on the device
   const float* cb = codebook_.f32();
   const float fD = float(D);
 
   // ---- body input X0 [B*T,C]: [s_0..s_{L-1}, u_0..u_{P-2}] (§2.3) ----
   Tensor esum = o.empty({B * Pm, E});  // Σ_d codebook[c_{b,p,d}], p < P-1
-  o.code_sum(cb, codes, esum.f32(), B, P, Pm, D, E);
+  o.code_sum(cb, in_codes, esum.f32(), B, P, Pm, D, E);
   Tensor U = o.empty({B * Pm, C});
   o.linear_fwd(esum.f32(), input_mlp_w_->v(), nullptr, U.f32(), B * Pm, E, C);
   Tensor Sx = o.empty({B * L, C});
@@ -213,7 +226,7 @@ RqLoss RqTransformerTrainer::run(const RqBatch& batch, bool backward, float drop
   Tensor hm;   // head_mlp(cum)
   if (D > 1) {
     cum = o.empty({B * P * (D - 1), E});
-    o.code_prefix_sums(cb, codes, cum.f32(), B * P, D, E);
+    o.code_prefix_sums(cb, in_codes, cum.f32(), B * P, D, E);
     hm = o.empty({B * P * (D - 1), C});
     o.linear_fwd(cum.f32(), head_mlp_w_->v(), head_mlp_b_->v(), hm.f32(), B * P * (D - 1), E, C);
   }

@@ -13,6 +13,10 @@
 // stage2_tensor_specs lists them), so ParamSet::values() is the stage-2 half of a model file.
 // The stage-1 codebook [K,E] is frozen: it embeds codes (§2.3, §2.4) but gets no gradient.
 //
+// Input codes (RqBatch::input_codes, hwaga train --code-noise) replace the codes in the
+// embeddings only: the body's position sums and the depth stack's partial sums read them, the
+// targets stay the true codes.
+//
 // Residual dropout (after attn.proj and after mlp.2 in every block, §2.1) uses masks from the
 // Philox stream (seed, dropout_stream(step, site)), so a step replays bit for bit.
 //
@@ -39,8 +43,16 @@ struct RqTrainerOptions {
 
 struct RqBatch {
   Tensor text;   // int32 [B,L]: condition ids (text ids, class id, or 0 for unconditional)
-  Tensor codes;  // int32 [B,H,W,D]
+  Tensor codes;  // int32 [B,H,W,D]: the targets, and the inputs unless input_codes is set
+  // Optional, the shape of codes: the codes fed as inputs (their embeddings) when they differ
+  // from the targets (hwaga train --code-noise); undefined = codes. The loss always predicts codes.
+  Tensor input_codes;
+  const Tensor& inputs() const { return input_codes.defined() ? input_codes : codes; }
 };
+
+// Checks the optional input codes of a batch against its codes (shape, dtype, range [0, K));
+// `who` names the trainer in the error.
+void check_input_codes(const RqBatch& b, int64_t K, const char* who);
 
 struct RqLoss {
   double loss = 0;        // image_weight·image + text_weight·text

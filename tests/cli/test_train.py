@@ -268,6 +268,23 @@ class TrainCli(Stage2Fixture):
         hwaga(*self.base(plain, "--steps", "4"), check=True)
         self.assertNotEqual([r["loss"] for r in losses(w)], [r["loss"] for r in losses(plain)])
 
+    def test_code_noise_is_recorded_and_resumes_exactly(self):
+        w = self.work("code-noise")
+        p = hwaga(*self.base(w, "--steps", "4", "--stop-after", "2", "--code-noise", "0.25"), check=True)
+        self.assertIn("input code noise: 25% of the input codes are uniform random codes", p.stderr)
+        _, meta = fx.read_safetensors(os.path.join(w, "checkpoint.safetensors"))
+        self.assertEqual(json.loads(meta["train"])["options"]["code_noise"], 0.25)
+        p = hwaga("train", "--work-dir", w, "--resume", "--threads", "2", check=True)
+        self.assertIn("input code noise: 25%", p.stderr)  # kept from the checkpoint
+        # 2 + 2 resumed steps equal 4 straight ones (the noise is a function of seed and position)
+        straight = self.work("code-noise-straight")
+        hwaga(*self.base(straight, "--steps", "4", "--code-noise", "0.25"), check=True)
+        self.assertEqual([r["loss"] for r in losses(w)], [r["loss"] for r in losses(straight)])
+        # and the noise changes the run
+        plain = self.work("code-noise-plain")
+        hwaga(*self.base(plain, "--steps", "4"), check=True)
+        self.assertNotEqual([r["loss"] for r in losses(w)], [r["loss"] for r in losses(plain)])
+
     def test_spm_tokenizer_keeps_hangul_and_cache_rebuilds(self):
         w = self.work("spm")
         cfg = fx.write_config(os.path.join(self.tmp, "cfg-spm.json"), vocab_size_cond=30)
@@ -296,6 +313,8 @@ class TrainCli(Stage2Fixture):
             (self.base(w, "--steps", "1", "--cfg-drop", "1"), 2, "--cfg-drop must be in [0, 1)"),
             (self.base(w, "--steps", "1", "--matmul", "f16"), 2, "--matmul: expected f32 or bf16"),
             (self.base(w, "--steps", "1", "--cfg-drop", "-0.1"), 2, "--cfg-drop must be in [0, 1)"),
+            (self.base(w, "--steps", "1", "--code-noise", "1"), 2, "--code-noise must be in [0, 1)"),
+            (self.base(w, "--steps", "1", "--code-noise", "nan"), 2, "--code-noise must be in [0, 1)"),
             (self.base(w, "--steps", "1", "--dist-backend", "mpi"), 2, "--dist-backend: expected tcp or nccl"),
             (self.base(w, "--steps", "1", "--dist-backend", "nccl"), 2, "--dist-backend nccl sums gradients on GPUs"),
             (["train", "--work-dir", self.work("none"), "--resume"], 1, "there is no checkpoint"),

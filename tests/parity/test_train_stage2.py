@@ -52,6 +52,7 @@ import train_stage2_fixtures as fx  # noqa: E402
 
 
 class TrainStage2Parity(unittest.TestCase):
+    FIRST = []   # extra options of the first run (recorded in the checkpoint, so the resumed step has them too)
     MATMUL = []  # extra options of the compared (second) step
     LOSS_TOL, GRAD_TOL, PARAM_TOL_LR, PARAM_TOL = 2e-6, 1e-4, 0.0, 2e-6
 
@@ -68,7 +69,7 @@ class TrainStage2Parity(unittest.TestCase):
         hwaga("train", "--tokenizer", cls.s1, "--shards", os.path.join(d, "shards"), "--config", cfg,
               "--text-tokenizer", "bpe16k:%s,%s" % (vocab, merges), "--work-dir", w, "--steps", "3",
               "--stop-after", "1", "--batch", "4", "--lr", "1e-2", "--dropout", "0", "--clip", "0.5",
-              "--weight-decay", "0.5", *common, check=True)
+              "--weight-decay", "0.5", *cls.FIRST, *common, check=True)
         cls.a = os.path.join(d, "a.safetensors")
         shutil.copy(os.path.join(w, "checkpoint.safetensors"), cls.a)
         cls.dump = os.path.join(d, "dump.safetensors")
@@ -128,6 +129,16 @@ class TrainStage2ParityBf16(TrainStage2Parity):
     def test_bf16_really_ran(self):
         worst = max(d / r for n, (d, r) in self.rep["grad"].items() if not n.endswith("attn.key.bias"))
         self.assertGreater(worst, 1e-4, "the gradients are f32-exact: --matmul bf16 changed nothing")
+
+
+class TrainStage2ParityCodeNoise(TrainStage2Parity):
+    """--code-noise: the reference embeds the dumped noisy input codes and predicts the true ones."""
+    FIRST = ["--code-noise", "0.3"]
+
+    def test_noise_really_ran(self):
+        # 30% of the codes drawn anew, 1/64 of those land on the true code again: about 29.5%
+        self.assertGreater(self.rep["noisy_inputs"], 0.2)
+        self.assertLess(self.rep["noisy_inputs"], 0.4)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ import train_stage2_fixtures as fx  # noqa: E402
 
 
 class TrainGptParity(unittest.TestCase):
+    FIRST = []  # extra options of the first run (recorded in the checkpoint, so the resumed step has them too)
+
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="hwaga_train_gpt_parity_")
@@ -60,7 +62,7 @@ class TrainGptParity(unittest.TestCase):
         hwaga("train", "--tokenizer", cls.s1, "--shards", os.path.join(d, "shards"), "--config", cfg,
               "--text-tokenizer", "bpe16k:%s,%s" % (vocab, merges), "--work-dir", w, "--steps", "3",
               "--stop-after", "1", "--batch", "4", "--lr", "1e-2", "--clip", "0.5", "--weight-decay", "0.5",
-              *common, check=True)
+              *cls.FIRST, *common, check=True)
         cls.a = os.path.join(d, "a.safetensors")
         shutil.copy(os.path.join(w, "checkpoint.safetensors"), cls.a)
         cls.dump = os.path.join(d, "dump.safetensors")
@@ -115,6 +117,15 @@ class TrainGptParity(unittest.TestCase):
                 self.assertLessEqual(diff, lr * 1e-2, name)
                 continue
             self.assertLessEqual(diff, 2e-6, "%s: max |diff| %g (update up to %g)" % (name, diff, upd))
+
+
+class TrainGptParityCodeNoise(TrainGptParity):
+    """--code-noise: the reference embeds the dumped noisy input codes and predicts the true ones."""
+    FIRST = ["--code-noise", "0.3"]
+
+    def test_noise_really_ran(self):
+        self.assertGreater(self.rep["noisy_inputs"], 0.2)  # about 0.3 * (1 - 1/64)
+        self.assertLess(self.rep["noisy_inputs"], 0.4)
 
 
 if __name__ == "__main__":

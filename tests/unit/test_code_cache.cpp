@@ -2,6 +2,7 @@
 // json, the file round trip with groups, old (version-1) caches refused by name, and the data
 // order: plain epochs are permutations, balanced epochs draw every group equally often, and both
 // depend on (seed, position) only; --cfg-drop rows get the all-PAD text, also by (seed, position).
+#include <cstring>
 #include <map>
 #include <set>
 
@@ -180,4 +181,53 @@ TEST(CodeBatcher, CfgDropGivesAShareOfRowsTheAllPadText) {
   EXPECT_LT(uncond, 1000 + 137);
   expect_error([&] { off.set_uncond_prob(1.0); }, "[0, 1)");
   expect_error([&] { off.set_uncond_prob(-0.1); }, "[0, 1)");
+}
+
+// --code-noise: a share of the INPUT codes are uniform codes in [0, K), as a function of (seed,
+// position); the targets (codes), the text and the sample order do not change.
+TEST(CodeBatcher, CodeNoiseReplacesAShareOfTheInputCodesOnly) {
+  const TwoIdTokenizer tok;
+  constexpr int64_t N = 40, per = 2 * 2 * 4, K = 64;
+  CodeCache c;
+  c.codes = Tensor::empty({N, 2, 2, 4}, DType::I32);
+  for (int64_t i = 0; i < N * per; ++i) c.codes.ptr<int32_t>()[i] = int32_t((i * 7) % K);
+  for (int64_t n = 0; n < N; ++n) c.captions.push_back({"caption " + std::to_string(n)});
+  CodeBatcher off(c, tok, 3), noisy(c, tok, 3), again(c, tok, 3), other(c, tok, 4);
+  noisy.set_code_noise(0.3, K);
+  again.set_code_noise(0.3, K);
+  other.set_code_noise(0.3, K);
+  const int B = 8, steps = 100;
+  int64_t changed = 0;
+  std::vector<int64_t> seen(K, 0);
+  bool differs = false;
+  for (int64_t s = 0; s < steps; ++s) {
+    const RqBatch plain = off.batch(s, B), a = noisy.batch(s, B), a2 = again.batch(steps - 1 - s, B);
+    ASSERT_FALSE(plain.input_codes.defined()) << "no noise: the codes are the inputs";
+    ASSERT_TRUE(a.input_codes.defined());
+    ASSERT_EQ(std::memcmp(plain.codes.data(), a.codes.data(), size_t(a.codes.nbytes())), 0) << "targets changed";
+    ASSERT_EQ(std::memcmp(plain.text.data(), a.text.data(), size_t(a.text.nbytes())), 0);
+    const RqBatch o = other.batch(s, B);
+    differs |= std::memcmp(o.input_codes.data(), a.input_codes.data(), size_t(a.codes.nbytes())) != 0;
+    for (int64_t i = 0; i < B * per; ++i) {
+      const int32_t x = a.input_codes.ptr<int32_t>()[i];
+      ASSERT_GE(x, 0);
+      ASSERT_LT(x, K);
+      if (x != a.codes.ptr<int32_t>()[i]) {
+        ++changed;
+        ++seen[size_t(x)];
+      }
+    }
+    // the same (seed, step) gives the same noise, whatever was asked before
+    const RqBatch b2 = again.batch(s, B);
+    EXPECT_EQ(std::memcmp(b2.input_codes.data(), a.input_codes.data(), size_t(a.codes.nbytes())), 0) << "step " << s;
+    (void)a2;
+  }
+  EXPECT_TRUE(differs) << "another seed drew the same noise";
+  // 12800 codes, each changed with p = 0.3 * 63/64 = 0.2953: mean 3780, sd 52; +-5 sigma
+  EXPECT_GT(changed, 3780 - 260);
+  EXPECT_LT(changed, 3780 + 260);
+  for (int64_t k = 0; k < K; ++k) EXPECT_GT(seen[size_t(k)], 20) << "replacement " << k << " (mean 59)";
+  expect_error([&] { off.set_code_noise(1.0, K); }, "[0, 1)");
+  expect_error([&] { off.set_code_noise(-0.1, K); }, "[0, 1)");
+  expect_error([&] { off.set_code_noise(0.1, 0); }, "vocabulary size");
 }

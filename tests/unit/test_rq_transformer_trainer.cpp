@@ -8,6 +8,7 @@
 //  - dropout replays exactly for the same (seed, step) and changes with the step;
 //  - init is deterministic in the seed and follows the GPT rules; decay kinds; bad batches.
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "backend/backend.h"
@@ -233,6 +234,58 @@ TEST(RqTrainer, BadBatchesAndCodebooksAreRefused) {
   EXPECT_NE(test::error_of([&] { tr.evaluate(b); }).find("text ids must be int32 [2,4]"), std::string::npos);
   EXPECT_NE(test::error_of([&] { RqTransformerTrainer t2(cfg, Tensor::zeros({8, 5})); }).find("does not pair"),
             std::string::npos);
+}
+
+// Input codes (hwaga train --code-noise): they replace the codes in the embeddings only. Given
+// as the codes themselves they change nothing; a changed input code at (position 0, depth 0)
+// leaves the logits that cannot see it (position 0, depth 0: the text alone) and changes those
+// after it, while the loss keeps predicting the true codes.
+TEST(RqTrainer, InputCodesFeedTheEmbeddingsOnly) {
+  const RqTransformerConfig cfg = tiny_config();
+  RqTransformerTrainer tr(cfg, tiny_codebook(cfg, 1));
+  randomize(tr, 4);
+  const RqBatch b = tiny_batch(cfg, 2, 9);
+  Tensor z0, z1, z2;
+  const RqLoss l0 = tr.evaluate(b, &z0);
+  RqBatch same = b;
+  same.input_codes = b.codes.clone();
+  const RqLoss l1 = tr.evaluate(same, &z1);
+  EXPECT_EQ(l0.loss, l1.loss);
+  ASSERT_EQ(z0.numel(), z1.numel());
+  EXPECT_EQ(std::memcmp(z0.data(), z1.data(), size_t(z0.nbytes())), 0);
+
+  RqBatch noisy = same;
+  noisy.input_codes = b.codes.clone();
+  int32_t& c00 = noisy.input_codes.ptr<int32_t>()[0];  // row 0, position 0, depth 0
+  c00 = (c00 + 3) % cfg.vocab_size;
+  const RqLoss l2 = tr.evaluate(noisy, &z2);
+  const int64_t K = cfg.vocab_size, D = cfg.D();
+  auto max_diff = [&](int64_t first, int64_t count) {
+    float m = 0;
+    for (int64_t i = first; i < first + count; ++i) m = std::max(m, std::fabs(z0.f32()[i] - z2.f32()[i]));
+    return m;
+  };
+  EXPECT_EQ(max_diff(0, K), 0.0f) << "position 0, depth 0 reads the text only";
+  EXPECT_GT(max_diff(K, (D - 1) * K), 1e-4f) << "depths 1.. of position 0 read the changed input";
+  EXPECT_GT(max_diff(D * K, D * K), 1e-4f) << "position 1 reads position 0's inputs";
+  // the loss is the CE of the new logits against the TRUE codes
+  const int64_t NI = b.codes.numel();
+  double ce = 0;
+  for (int64_t i = 0; i < NI; ++i) {
+    const float* row = z2.f32() + i * K;
+    double mx = row[0], se = 0;
+    for (int64_t k = 1; k < K; ++k) mx = std::max(mx, double(row[k]));
+    for (int64_t k = 0; k < K; ++k) se += std::exp(double(row[k]) - mx);
+    ce += mx + std::log(se) - double(row[b.codes.ptr<int32_t>()[i]]);
+  }
+  EXPECT_NEAR(l2.image_loss, ce / double(NI), 1e-5);
+
+  RqBatch bad = b;
+  bad.input_codes = Tensor::zeros({2, 1}, DType::I32);
+  EXPECT_NE(test::error_of([&] { tr.evaluate(bad); }).find("input codes must be int32"), std::string::npos);
+  bad.input_codes = b.codes.clone();
+  bad.input_codes.ptr<int32_t>()[5] = cfg.vocab_size;
+  EXPECT_NE(test::error_of([&] { tr.evaluate(bad); }).find("input code 7 outside [0, 7)"), std::string::npos);
 }
 
 // Data parallel (train/data_parallel.h): the gradients of the two halves of a batch, each with

@@ -2,7 +2,7 @@
 //             --text-tokenizer bpe16k:VOCAB.json,MERGES.txt | spm:VOCAB_SIZE [--context N]
 //             --work-dir DIR --steps N [--batch B] [--lr 5e-4] [--warmup 0] [--min-lr 0]
 //             [--weight-decay 1e-4] [--dropout 0.1] [--clip 1.0] [--seed S]
-//             [--balance] [--cfg-drop P] [--save-every N] [--sample-every N --sample-prompt P ...] [--stop-after K]
+//             [--balance] [--cfg-drop P] [--code-noise P] [--save-every N] [--sample-every N --sample-prompt P ...] [--stop-after K]
 //             [--resume] [--export model.safetensors [--export-dtype f32|bf16|f16]] [--threads N]
 //             [--device cpu|cuda] [--world W --rank R --dist-addr HOST:PORT [--dist-timeout S]
 //             [--dist-backend tcp|nccl]]
@@ -43,6 +43,10 @@
 // --cfg-drop P gives a share P of the rows the unconditional all-PAD text instead of their
 // caption (train/code_cache.h), so that the model also learns the picture distribution without
 // text: classifier-free guidance (generate --cfg S) samples from u + S(c - u) and needs it.
+//
+// --code-noise P feeds a share P of the input codes as uniform random codes (the targets stay
+// the true codes; train/code_cache.h): the model learns not to trust a code it is given too far,
+// which is what sampling needs, as it gives the model its own draws.
 //
 // --init MODEL fine-tunes a text-to-image model file: its stage-2 weights, config and text
 // tokenizer start the run (in f32, whatever the file's dtype), and its stage 1 encodes the
@@ -111,6 +115,7 @@ struct TrainCliOptions {
   int batch = 8;
   double lr = 5e-4, min_lr = 0.0, weight_decay = 1e-4, dropout = 0.1, clip = 1.0;
   double cfg_drop = 0.0;  // share of rows trained with the unconditional (all-PAD) text
+  double code_noise = 0.0;  // share of input codes replaced by uniform random codes
   std::string matmul = "f32";  // the linear layers' matrix products: f32 or bf16 (train/transformer_ops.h)
   int64_t warmup = 0;
   uint64_t seed = 0;
@@ -321,7 +326,9 @@ void write_samples(const TrainCliOptions& opt, const std::string& work, int64_t 
 // Rows [r*B/W, (r+1)*B/W) of a global batch: what rank r of W trains on.
 RqBatch rank_rows(const RqBatch& full, int rank, int world) {
   const int64_t B = full.codes.dim(0), n = B / world;
-  return RqBatch{full.text.slice0(rank * n, (rank + 1) * n).clone(), full.codes.slice0(rank * n, (rank + 1) * n).clone()};
+  RqBatch b{full.text.slice0(rank * n, (rank + 1) * n).clone(), full.codes.slice0(rank * n, (rank + 1) * n).clone(), {}};
+  if (full.input_codes.defined()) b.input_codes = full.input_codes.slice0(rank * n, (rank + 1) * n).clone();
+  return b;
 }
 
 int run_train(TrainCliOptions opt) {
@@ -352,6 +359,7 @@ int run_train(TrainCliOptions opt) {
     take("--weight-decay", "weight_decay", opt.weight_decay);
     take("--dropout", "dropout", opt.dropout);
     take("--cfg-drop", "cfg_drop", opt.cfg_drop);
+    take("--code-noise", "code_noise", opt.code_noise);
     take("--matmul", "matmul", opt.matmul);
     take("--clip", "clip", opt.clip);
     take("--save-every", "save_every", opt.save_every);
@@ -400,6 +408,8 @@ int run_train(TrainCliOptions opt) {
     usage_fail(e.what());
   }
   if (!(opt.cfg_drop >= 0 && opt.cfg_drop < 1)) usage_fail("--cfg-drop must be in [0, 1), got ", opt.cfg_drop);
+  if (!(opt.code_noise >= 0 && opt.code_noise < 1))
+    usage_fail("--code-noise must be in [0, 1), got ", opt.code_noise);
   if (!(opt.clip >= 0)) usage_fail("--clip must be >= 0 (0 = no clipping), got ", opt.clip);
   if (opt.save_every < 0 || opt.sample_every < 0 || opt.stop_after < 0)
     usage_fail("--save-every, --sample-every and --stop-after must be >= 0");
@@ -606,12 +616,16 @@ int run_train(TrainCliOptions opt) {
   sched.total = opt.steps;
   CodeBatcher batcher(cache, *tok, opt.seed, opt.balance);
   batcher.set_uncond_prob(opt.cfg_drop);
+  batcher.set_code_noise(opt.code_noise, cfg.image_vocab_size());
   if (matmul_precision() == MatmulPrecision::bf16)
     say(std::string("matrix products in bf16 with f32 accumulation: ") +
         (gpu_ops ? std::string("cuBLAS") : std::string(cpu::gemm_bf16_kernel_name())));
   if (opt.cfg_drop > 0)
     say("classifier-free guidance training: " + std::to_string(int(opt.cfg_drop * 100 + 0.5)) +
         "% of the rows see the unconditional (all-PAD) text");
+  if (opt.code_noise > 0)
+    say("input code noise: " + std::to_string(int(opt.code_noise * 100 + 0.5)) +
+        "% of the input codes are uniform random codes (the targets stay the true codes)");
   if (opt.balance) {
     int64_t groups = 0;
     for (size_t n = 0; n < cache.groups.size(); ++n) groups = std::max<int64_t>(groups, cache.groups[n] + 1);
@@ -629,6 +643,7 @@ int run_train(TrainCliOptions opt) {
                             {"betas", {beta1, beta2}},  {"image_weight", image_weight},
                             {"text_weight", text_weight}, {"init", opt.init},
                             {"balance", opt.balance},   {"cfg_drop", opt.cfg_drop},
+                            {"code_noise", opt.code_noise},
                             {"matmul", opt.matmul}};
   auto save = [&](int64_t step) {
     const int64_t g = step * opt.batch;
@@ -689,6 +704,7 @@ int run_train(TrainCliOptions opt) {
     }
     if (!opt.dump_step.empty() && step == start && dp.leader()) {
       TensorMap dump = {{"text", full.text}, {"codes", full.codes}};
+      if (full.input_codes.defined()) dump["input_codes"] = full.input_codes;
       Tensor lv = Tensor::empty({3});
       lv.f32()[0] = float(l.loss), lv.f32()[1] = float(l.image_loss), lv.f32()[2] = float(l.text_loss);
       dump["loss"] = lv;
@@ -780,6 +796,9 @@ Command reg("train", "Train the text-to-image transformer (stage 2) on tar shard
   sub.add_option("--cfg-drop", opt->cfg_drop,
                  "share of rows trained with the unconditional (all-PAD) text, for classifier-free guidance "
                  "(generate --cfg); 0.1 is usual (default 0)");
+  sub.add_option("--code-noise", opt->code_noise,
+                 "share of input codes replaced by uniform random codes while the targets stay the true ones, "
+                 "so that sampling, which feeds the model its own draws, leans on the text (default 0)");
   sub.add_option("--init", opt->init,
                  "fine-tune: start from a model file's stage 2 weights, config and text tokenizer (its stage 1 "
                  "encodes the data unless --tokenizer is given)");

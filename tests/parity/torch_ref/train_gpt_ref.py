@@ -93,7 +93,10 @@ def main():
 
     text = torch.from_numpy(dump["text"].astype(np.int64))
     codes = torch.from_numpy(dump["codes"].astype(np.int64)).reshape(text.shape[0], -1)  # raster order
-    logits, txt_logits = model(text, codes)
+    # hwaga train --code-noise: the embeddings read the noisy input codes, the loss the true ones
+    inputs = (torch.from_numpy(dump["input_codes"].astype(np.int64)).reshape(text.shape[0], -1)
+              if "input_codes" in dump else codes)
+    logits, txt_logits = model(text, inputs)
     K = logits.shape[-1]
     img = F.cross_entropy(logits.reshape(-1, K), codes.reshape(-1))
     txt = F.cross_entropy(txt_logits.reshape(-1, txt_logits.shape[-1]), text[:, 1:].reshape(-1),
@@ -101,7 +104,8 @@ def main():
     loss = 0.9 * img + 0.1 * txt
     loss.backward()
 
-    rep = {"loss": [float(dump["loss"][0]), float(loss)], "image_loss": [float(dump["loss"][1]), float(img)],
+    rep = {"noisy_inputs": float((inputs != codes).double().mean()),
+           "loss": [float(dump["loss"][0]), float(loss)], "image_loss": [float(dump["loss"][1]), float(img)],
            "text_loss": [float(dump["loss"][2]), float(txt)], "grad": {}, "param": {}}
     names = dict(model.named_parameters())
     for n, p in names.items():

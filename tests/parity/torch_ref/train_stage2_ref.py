@@ -63,7 +63,9 @@ def main():
 
     text = torch.from_numpy(dump["text"].astype(np.int64))
     codes = torch.from_numpy(dump["codes"].astype(np.int64))
-    logits, cond_logits = model(codes, text, codebook)
+    # hwaga train --code-noise: the embeddings read the noisy input codes, the loss the true ones
+    inputs = torch.from_numpy(dump["input_codes"].astype(np.int64)) if "input_codes" in dump else codes
+    logits, cond_logits = model(inputs, text, codebook)
     K = logits.shape[-1]
     img = F.cross_entropy(logits.reshape(-1, K), codes.reshape(-1))
     txt = F.cross_entropy(cond_logits.reshape(-1, cond_logits.shape[-1]), text[:, 1:].reshape(-1),
@@ -71,7 +73,8 @@ def main():
     loss = 0.9 * img + 0.1 * txt
     loss.backward()
 
-    rep = {"loss": [float(dump["loss"][0]), float(loss)], "image_loss": [float(dump["loss"][1]), float(img)],
+    rep = {"noisy_inputs": float((inputs != codes).double().mean()),
+           "loss": [float(dump["loss"][0]), float(loss)], "image_loss": [float(dump["loss"][1]), float(img)],
            "text_loss": [float(dump["loss"][2]), float(txt)], "grad": {}, "param": {}}
     names = dict(model.named_parameters())
     for n, p in names.items():
