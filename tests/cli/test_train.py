@@ -285,6 +285,21 @@ class TrainCli(Stage2Fixture):
         hwaga(*self.base(plain, "--steps", "4"), check=True)
         self.assertNotEqual([r["loss"] for r in losses(w)], [r["loss"] for r in losses(plain)])
 
+    def test_self_feed_is_recorded_and_resumes_exactly(self):
+        w = self.work("self-feed")
+        p = hwaga(*self.base(w, "--steps", "4", "--stop-after", "2", "--self-feed", "0.5"), check=True)
+        self.assertIn("self-feeding: 50% of the input codes are the model's own draws", p.stderr)
+        _, meta = fx.read_safetensors(os.path.join(w, "checkpoint.safetensors"))
+        self.assertEqual(json.loads(meta["train"])["options"]["self_feed"], 0.5)
+        p = hwaga("train", "--work-dir", w, "--resume", "--threads", "2", check=True)
+        self.assertIn("self-feeding: 50%", p.stderr)
+        straight = self.work("self-feed-straight")
+        hwaga(*self.base(straight, "--steps", "4", "--self-feed", "0.5"), check=True)
+        self.assertEqual([r["loss"] for r in losses(w)], [r["loss"] for r in losses(straight)])
+        plain = self.work("self-feed-plain")
+        hwaga(*self.base(plain, "--steps", "4"), check=True)
+        self.assertNotEqual([r["loss"] for r in losses(w)][1:], [r["loss"] for r in losses(plain)][1:])
+
     def test_spm_tokenizer_keeps_hangul_and_cache_rebuilds(self):
         w = self.work("spm")
         cfg = fx.write_config(os.path.join(self.tmp, "cfg-spm.json"), vocab_size_cond=30)
@@ -315,6 +330,7 @@ class TrainCli(Stage2Fixture):
             (self.base(w, "--steps", "1", "--cfg-drop", "-0.1"), 2, "--cfg-drop must be in [0, 1)"),
             (self.base(w, "--steps", "1", "--code-noise", "1"), 2, "--code-noise must be in [0, 1)"),
             (self.base(w, "--steps", "1", "--code-noise", "nan"), 2, "--code-noise must be in [0, 1)"),
+            (self.base(w, "--steps", "1", "--self-feed", "-1"), 2, "--self-feed must be in [0, 1)"),
             (self.base(w, "--steps", "1", "--dist-backend", "mpi"), 2, "--dist-backend: expected tcp or nccl"),
             (self.base(w, "--steps", "1", "--dist-backend", "nccl"), 2, "--dist-backend nccl sums gradients on GPUs"),
             (["train", "--work-dir", self.work("none"), "--resume"], 1, "there is no checkpoint"),

@@ -141,5 +141,16 @@ class TrainStage2ParityCodeNoise(TrainStage2Parity):
         self.assertLess(self.rep["noisy_inputs"], 0.4)
 
 
+class TrainStage2ParitySelfFeed(TrainStage2Parity):
+    """--self-feed: half the input codes are the model's own draws (from hwaga's teacher-forced
+    logits of the batch); the reference embeds the dumped inputs and predicts the true codes."""
+    FIRST = ["--self-feed", "0.5"]
+
+    def test_noise_really_ran(self):
+        # drawn from an untrained model's logits: most replaced codes differ from the true ones
+        self.assertGreater(self.rep["noisy_inputs"], 0.15)
+        self.assertLess(self.rep["noisy_inputs"], 0.55)  # 0.5 at most, up to the sampling noise
+
+
 if __name__ == "__main__":
     main()

@@ -2,7 +2,7 @@
 //             --text-tokenizer bpe16k:VOCAB.json,MERGES.txt | spm:VOCAB_SIZE [--context N]
 //             --work-dir DIR --steps N [--batch B] [--lr 5e-4] [--warmup 0] [--min-lr 0]
 //             [--weight-decay 1e-4] [--dropout 0.1] [--clip 1.0] [--seed S]
-//             [--balance] [--cfg-drop P] [--code-noise P] [--save-every N] [--sample-every N --sample-prompt P ...] [--stop-after K]
+//             [--balance] [--cfg-drop P] [--code-noise P] [--self-feed P] [--save-every N] [--sample-every N --sample-prompt P ...] [--stop-after K]
 //             [--resume] [--export model.safetensors [--export-dtype f32|bf16|f16]] [--threads N]
 //             [--device cpu|cuda] [--world W --rank R --dist-addr HOST:PORT [--dist-timeout S]
 //             [--dist-backend tcp|nccl]]
@@ -48,6 +48,10 @@
 // the true codes; train/code_cache.h): the model learns not to trust a code it is given too far,
 // which is what sampling needs, as it gives the model its own draws.
 //
+// --self-feed P replaces a share P of the input codes with the model's own draws from its
+// teacher-forced logits of the same batch (an extra forward pass; train/self_feed.h): the errors
+// sampling really makes, where --code-noise gives random ones.
+//
 // --init MODEL fine-tunes a text-to-image model file: its stage-2 weights, config and text
 // tokenizer start the run (in f32, whatever the file's dtype), and its stage 1 encodes the
 // shards unless --tokenizer names another stage-1 file with the same codebook shape.
@@ -85,6 +89,7 @@
 #include "t2i_options.h"
 #include "text/charbpe.h"
 #include "text/spm_tokenizer.h"
+#include "train/self_feed.h"
 #include "train/checkpoint.h"
 #include "train/nccl_comm.h"
 #include "train/train_ops.h"
@@ -116,6 +121,7 @@ struct TrainCliOptions {
   double lr = 5e-4, min_lr = 0.0, weight_decay = 1e-4, dropout = 0.1, clip = 1.0;
   double cfg_drop = 0.0;  // share of rows trained with the unconditional (all-PAD) text
   double code_noise = 0.0;  // share of input codes replaced by uniform random codes
+  double self_feed = 0.0;   // share of input codes replaced by the model's own draws
   std::string matmul = "f32";  // the linear layers' matrix products: f32 or bf16 (train/transformer_ops.h)
   int64_t warmup = 0;
   uint64_t seed = 0;
@@ -143,6 +149,7 @@ struct Stage2Trainer {
   virtual void init_weights(uint64_t seed) = 0;
   virtual void to_device(TrainOps& ops) = 0;
   virtual RqLoss forward_backward(const RqBatch& b, uint64_t seed, int64_t step, const LossNorm& norm) = 0;
+  virtual Tensor teacher_forced_logits(const RqBatch& b) = 0;  // host f32 [B,h,w,D,K], no dropout
   virtual int32_t text_pad_id() = 0;
   virtual int64_t targets_per_batch(int64_t B) const = 0;
 };
@@ -157,6 +164,11 @@ struct TrainerOf final : Stage2Trainer {
   void to_device(TrainOps& ops) override { t.to_device(ops); }
   RqLoss forward_backward(const RqBatch& b, uint64_t seed, int64_t step, const LossNorm& norm) override {
     return t.forward_backward(b, seed, step, norm);
+  }
+  Tensor teacher_forced_logits(const RqBatch& b) override {
+    Tensor z;
+    t.evaluate(b, &z);
+    return z;
   }
   int32_t text_pad_id() override { return t.options().text_pad_id; }
   int64_t targets_per_batch(int64_t B) const override { return t.targets_per_batch(B); }
@@ -360,6 +372,7 @@ int run_train(TrainCliOptions opt) {
     take("--dropout", "dropout", opt.dropout);
     take("--cfg-drop", "cfg_drop", opt.cfg_drop);
     take("--code-noise", "code_noise", opt.code_noise);
+    take("--self-feed", "self_feed", opt.self_feed);
     take("--matmul", "matmul", opt.matmul);
     take("--clip", "clip", opt.clip);
     take("--save-every", "save_every", opt.save_every);
@@ -410,6 +423,7 @@ int run_train(TrainCliOptions opt) {
   if (!(opt.cfg_drop >= 0 && opt.cfg_drop < 1)) usage_fail("--cfg-drop must be in [0, 1), got ", opt.cfg_drop);
   if (!(opt.code_noise >= 0 && opt.code_noise < 1))
     usage_fail("--code-noise must be in [0, 1), got ", opt.code_noise);
+  if (!(opt.self_feed >= 0 && opt.self_feed < 1)) usage_fail("--self-feed must be in [0, 1), got ", opt.self_feed);
   if (!(opt.clip >= 0)) usage_fail("--clip must be >= 0 (0 = no clipping), got ", opt.clip);
   if (opt.save_every < 0 || opt.sample_every < 0 || opt.stop_after < 0)
     usage_fail("--save-every, --sample-every and --stop-after must be >= 0");
@@ -451,6 +465,8 @@ int run_train(TrainCliOptions opt) {
 
   // ---- data parallel: rank 0 listens, the other ranks connect (nothing when --world 1) ----
   DataParallel dp(data_parallel_options(opt.dist), command_fingerprint(*opt.app));
+  if (dp.world() > 1 && !opt.dump_step.empty() && opt.self_feed > 0)
+    usage_fail("--dump-step: the self-fed inputs of the other ranks are not in the dump; use --world 1");
   if (dp.world() > 1) {
     say(dp.leader() ? "data parallel: rank 0 of " + std::to_string(dp.world()) + " at " + opt.dist.addr + ", " +
                           std::to_string(opt.batch / dp.world()) + " of each batch's " + std::to_string(opt.batch) +
@@ -626,6 +642,10 @@ int run_train(TrainCliOptions opt) {
   if (opt.code_noise > 0)
     say("input code noise: " + std::to_string(int(opt.code_noise * 100 + 0.5)) +
         "% of the input codes are uniform random codes (the targets stay the true codes)");
+  if (opt.self_feed > 0)
+    say("self-feeding: " + std::to_string(int(opt.self_feed * 100 + 0.5)) +
+        "% of the input codes are the model's own draws from its teacher-forced logits (one more forward "
+        "pass a step)");
   if (opt.balance) {
     int64_t groups = 0;
     for (size_t n = 0; n < cache.groups.size(); ++n) groups = std::max<int64_t>(groups, cache.groups[n] + 1);
@@ -643,7 +663,7 @@ int run_train(TrainCliOptions opt) {
                             {"betas", {beta1, beta2}},  {"image_weight", image_weight},
                             {"text_weight", text_weight}, {"init", opt.init},
                             {"balance", opt.balance},   {"cfg_drop", opt.cfg_drop},
-                            {"code_noise", opt.code_noise},
+                            {"code_noise", opt.code_noise}, {"self_feed", opt.self_feed},
                             {"matmul", opt.matmul}};
   auto save = [&](int64_t step) {
     const int64_t g = step * opt.batch;
@@ -689,7 +709,10 @@ int run_train(TrainCliOptions opt) {
   bool peer_stopped = false;
   for (; step < end; ++step) {
     const RqBatch full = batcher.batch(step, opt.batch);
-    const RqBatch b = W > 1 ? rank_rows(full, dp.rank(), W) : full;
+    RqBatch b = W > 1 ? rank_rows(full, dp.rank(), W) : full;
+    if (opt.self_feed > 0)  // the draws follow the rows' global positions, whatever the rank
+      b.input_codes = self_feed_inputs(b.inputs(), tr.teacher_forced_logits(b), opt.self_feed, opt.seed,
+                                       step * opt.batch + int64_t(dp.rank()) * b.codes.dim(0));
     LossNorm norm;
     if (W > 1) norm = {full.codes.numel(), count_text_targets(full.text, tr.text_pad_id())};
     tr.params().zero_grad();
@@ -704,7 +727,8 @@ int run_train(TrainCliOptions opt) {
     }
     if (!opt.dump_step.empty() && step == start && dp.leader()) {
       TensorMap dump = {{"text", full.text}, {"codes", full.codes}};
-      if (full.input_codes.defined()) dump["input_codes"] = full.input_codes;
+      const Tensor& in = W == 1 ? b.input_codes : full.input_codes;  // --self-feed with W > 1 is refused
+      if (in.defined()) dump["input_codes"] = in;
       Tensor lv = Tensor::empty({3});
       lv.f32()[0] = float(l.loss), lv.f32()[1] = float(l.image_loss), lv.f32()[2] = float(l.text_loss);
       dump["loss"] = lv;
@@ -799,6 +823,9 @@ Command reg("train", "Train the text-to-image transformer (stage 2) on tar shard
   sub.add_option("--code-noise", opt->code_noise,
                  "share of input codes replaced by uniform random codes while the targets stay the true ones, "
                  "so that sampling, which feeds the model its own draws, leans on the text (default 0)");
+  sub.add_option("--self-feed", opt->self_feed,
+                 "share of input codes replaced by the model's own draws from its teacher-forced logits of the "
+                 "same batch (parallel scheduled sampling; one more forward pass a step; default 0)");
   sub.add_option("--init", opt->init,
                  "fine-tune: start from a model file's stage 2 weights, config and text tokenizer (its stage 1 "
                  "encodes the data unless --tokenizer is given)");
