@@ -359,6 +359,20 @@ int CodeBatcher::caption_variant(int64_t epoch, int64_t sample) const {
   return int((unsigned __int128)rng.next_u64() * n >> 64);
 }
 
+RqBatch fixed_batch(const CodeCache& cache, const TextTokenizer& tok, int64_t first, int64_t count) {
+  HWAGA_CHECK(first >= 0 && count >= 1 && first + count <= cache.size(), "fixed_batch: samples [", first, ", ",
+              first + count, ") outside the cache's ", cache.size());
+  const int64_t L = tok.context_length;
+  RqBatch b;
+  b.codes = cache.codes.slice0(first, first + count).clone();
+  b.text = Tensor::empty({count, L}, DType::I32);
+  for (int64_t i = 0; i < count; ++i) {
+    const std::vector<int32_t> ids = tok.encode(cache.captions[size_t(first + i)][0]);
+    std::memcpy(b.text.ptr<int32_t>() + i * L, ids.data(), size_t(L) * sizeof(int32_t));
+  }
+  return b;
+}
+
 RqBatch CodeBatcher::batch(int64_t step, int B) {
   const Tensor& codes = cache_.codes;
   const int64_t per = codes.dim(1) * codes.dim(2) * codes.dim(3), L = tok_.context_length;

@@ -98,6 +98,10 @@ CodeCache load_or_build_code_cache(const std::string& path, const CodeCacheOptio
 CodeCache read_code_cache(const std::string& path, nlohmann::json* source = nullptr);
 void write_code_cache(const std::string& path, const CodeCache& c, const nlohmann::json& source);
 
+// Samples first..first+count-1 of a cache with their first caption variant (the .txt), tokenized:
+// the fixed held-out batches of hwaga train --eval-shards.
+RqBatch fixed_batch(const CodeCache& cache, const TextTokenizer& tok, int64_t first, int64_t count);
+
 // Seeded batches over a cache (see the header comment).
 class CodeBatcher {
  public:

@@ -300,6 +300,48 @@ class TrainCli(Stage2Fixture):
         hwaga(*self.base(plain, "--steps", "4"), check=True)
         self.assertNotEqual([r["loss"] for r in losses(w)][1:], [r["loss"] for r in losses(plain)][1:])
 
+    def test_held_out_loss(self):
+        # single-caption shards: a batch of all 8 samples is then exactly the held-out set, so the
+        # first training loss (computed before the first update) equals the held-out loss at step 0
+        import io
+        import tarfile
+        plain = os.path.join(self.tmp, "plain-shards")
+        os.makedirs(plain, exist_ok=True)
+        with tarfile.open(os.path.join(plain, "shard-00000.tar"), "w", format=tarfile.USTAR_FORMAT) as tf:
+            for i, (c, s) in enumerate(fx.items()):
+                for name, data in [("p/%03d.png" % i, fx.png_bytes(fx.picture(c, s))),
+                                   ("p/%03d.txt" % i, ("%s %s" % (c, s)).encode())]:
+                    ti = tarfile.TarInfo(name)
+                    ti.size = len(data)
+                    tf.addfile(ti, io.BytesIO(data))
+        w = self.work("eval")
+        args = ["train", "--tokenizer", self.s1, "--shards", plain, "--config", self.cfg, "--text-tokenizer", self.bpe,
+                "--work-dir", w, "--batch", "8", "--threads", "2", "--dropout", "0", "--lr", "3e-3",
+                "--eval-shards", plain, "--eval-count", "100", "--save-every", "2"]
+        p = hwaga(*(args + ["--steps", "4", "--stop-after", "2"]), check=True)
+        self.assertIn("step 0: held-out loss", p.stderr)
+        self.assertTrue(os.path.exists(os.path.join(w, "eval-codes.safetensors")))
+        p = hwaga("train", "--work-dir", w, "--resume", "--threads", "2", check=True)  # keeps the eval shards
+        self.assertIn("step 4: held-out loss", p.stderr)
+        with open(os.path.join(w, "train.jsonl")) as f:
+            evals = [r for r in map(json.loads, filter(str.strip, f)) if r.get("event") == "eval"]
+        self.assertEqual([r["step"] for r in evals], [0, 2, 4], evals)
+        for r in evals:
+            self.assertEqual(r["samples"], 8)  # --eval-count 100: all the shards hold
+            # weighted as training weighs it (0.9 and 0.1 as f32)
+            self.assertAlmostEqual(r["loss"], 0.9 * r["image_loss"] + 0.1 * r["text_loss"], delta=1e-6 * r["loss"])
+        first = losses(w)[0]
+        for k in ("loss", "image_loss", "text_loss"):
+            self.assertAlmostEqual(evals[0][k], first[k], delta=1e-5 * first[k], msg=k)
+        self.assertLess(evals[2]["loss"], evals[0]["loss"], "4 steps on the held-out set itself lower its loss")
+        # errors
+        p = hwaga(*self.base(self.work("eval-bad"), "--steps", "1", "--eval-shards", os.path.join(self.tmp, "nowhere")))
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("nowhere", p.stderr)
+        p = hwaga(*self.base(self.work("eval-bad2"), "--steps", "1", "--eval-shards", plain, "--eval-count", "0"))
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("--eval-count must be at least 1", p.stderr)
+
     def test_spm_tokenizer_keeps_hangul_and_cache_rebuilds(self):
         w = self.work("spm")
         cfg = fx.write_config(os.path.join(self.tmp, "cfg-spm.json"), vocab_size_cond=30)

@@ -7,6 +7,7 @@
 #include <system_error>
 
 #include "core/error.h"
+#include "data/shard_dataset.h"
 
 namespace hwaga::cli {
 
@@ -169,6 +170,12 @@ std::string human_count(int64_t n) {
   else
     std::snprintf(buf, sizeof buf, "%lld", (long long)n);
   return buf;
+}
+
+std::vector<std::string> absolute_shards(const std::string& spec) {
+  std::vector<std::string> v = data::expand_shards(spec);
+  for (auto& s : v) s = fs::absolute(s).lexically_normal().string();
+  return v;
 }
 
 std::string base_name(const std::string& path) { return fs::path(path).filename().string(); }

@@ -67,6 +67,9 @@ class OutputSet {
 std::string human_bytes(uint64_t n);   // "385.2 MiB"
 std::string human_count(int64_t n);    // "104.40M"
 std::string base_name(const std::string& path);
+// The shard files of a spec (data::expand_shards: folder, list, range or glob), each made
+// absolute and normal, as the training checkpoints record them.
+std::vector<std::string> absolute_shards(const std::string& spec);
 uint64_t file_size_or_zero(const std::string& path);
 // argv joined into one line with shell quoting where needed (for the PNG settings chunk).
 std::string join_command_line(const std::vector<std::string>& args);

@@ -2,7 +2,7 @@
 //             --text-tokenizer bpe16k:VOCAB.json,MERGES.txt | spm:VOCAB_SIZE [--context N]
 //             --work-dir DIR --steps N [--batch B] [--lr 5e-4] [--warmup 0] [--min-lr 0]
 //             [--weight-decay 1e-4] [--dropout 0.1] [--clip 1.0] [--seed S]
-//             [--balance] [--cfg-drop P] [--code-noise P] [--self-feed P] [--save-every N] [--sample-every N --sample-prompt P ...] [--stop-after K]
+//             [--balance] [--cfg-drop P] [--code-noise P] [--self-feed P] [--eval-shards SPEC [--eval-count N]] [--save-every N] [--sample-every N --sample-prompt P ...] [--stop-after K]
 //             [--resume] [--export model.safetensors [--export-dtype f32|bf16|f16]] [--threads N]
 //             [--device cpu|cuda] [--world W --rank R --dist-addr HOST:PORT [--dist-timeout S]
 //             [--dist-backend tcp|nccl]]
@@ -51,6 +51,11 @@
 // --self-feed P replaces a share P of the input codes with the model's own draws from its
 // teacher-forced logits of the same batch (an extra forward pass; train/self_feed.h): the errors
 // sampling really makes, where --code-noise gives random ones.
+//
+// --eval-shards SPEC scores held-out pairs: the first --eval-count samples (caption variant 0),
+// encoded once into WORK/eval-codes.safetensors, teacher-forced without dropout, at the start of a
+// run, at each checkpoint and at the end; "eval" lines of train.jsonl and the console give the
+// loss as training weighs it. The shards are recorded in the checkpoint and kept on --resume.
 //
 // --init MODEL fine-tunes a text-to-image model file: its stage-2 weights, config and text
 // tokenizer start the run (in f32, whatever the file's dtype), and its stage 1 encodes the
@@ -118,6 +123,8 @@ struct TrainCliOptions {
   int context = 0;
   int64_t steps = 0, stop_after = 0, save_every = 0, sample_every = 0;
   int batch = 8;
+  std::string eval_shards;  // held-out shards: their loss at each checkpoint
+  int eval_count = 64;
   double lr = 5e-4, min_lr = 0.0, weight_decay = 1e-4, dropout = 0.1, clip = 1.0;
   double cfg_drop = 0.0;  // share of rows trained with the unconditional (all-PAD) text
   double code_noise = 0.0;  // share of input codes replaced by uniform random codes
@@ -149,7 +156,7 @@ struct Stage2Trainer {
   virtual void init_weights(uint64_t seed) = 0;
   virtual void to_device(TrainOps& ops) = 0;
   virtual RqLoss forward_backward(const RqBatch& b, uint64_t seed, int64_t step, const LossNorm& norm) = 0;
-  virtual Tensor teacher_forced_logits(const RqBatch& b) = 0;  // host f32 [B,h,w,D,K], no dropout
+  virtual RqLoss evaluate(const RqBatch& b, Tensor* logits) = 0;  // no dropout; logits host f32 [B,h,w,D,K]
   virtual int32_t text_pad_id() = 0;
   virtual int64_t targets_per_batch(int64_t B) const = 0;
 };
@@ -165,11 +172,7 @@ struct TrainerOf final : Stage2Trainer {
   RqLoss forward_backward(const RqBatch& b, uint64_t seed, int64_t step, const LossNorm& norm) override {
     return t.forward_backward(b, seed, step, norm);
   }
-  Tensor teacher_forced_logits(const RqBatch& b) override {
-    Tensor z;
-    t.evaluate(b, &z);
-    return z;
-  }
+  RqLoss evaluate(const RqBatch& b, Tensor* logits) override { return t.evaluate(b, logits); }
   int32_t text_pad_id() override { return t.options().text_pad_id; }
   int64_t targets_per_batch(int64_t B) const override { return t.targets_per_batch(B); }
 };
@@ -373,6 +376,7 @@ int run_train(TrainCliOptions opt) {
     take("--cfg-drop", "cfg_drop", opt.cfg_drop);
     take("--code-noise", "code_noise", opt.code_noise);
     take("--self-feed", "self_feed", opt.self_feed);
+    take("--eval-count", "eval_count", opt.eval_count);
     take("--matmul", "matmul", opt.matmul);
     take("--clip", "clip", opt.clip);
     take("--save-every", "save_every", opt.save_every);
@@ -424,6 +428,7 @@ int run_train(TrainCliOptions opt) {
   if (!(opt.code_noise >= 0 && opt.code_noise < 1))
     usage_fail("--code-noise must be in [0, 1), got ", opt.code_noise);
   if (!(opt.self_feed >= 0 && opt.self_feed < 1)) usage_fail("--self-feed must be in [0, 1), got ", opt.self_feed);
+  if (opt.eval_count < 1) usage_fail("--eval-count must be at least 1, got ", opt.eval_count);
   if (!(opt.clip >= 0)) usage_fail("--clip must be >= 0 (0 = no clipping), got ", opt.clip);
   if (opt.save_every < 0 || opt.sample_every < 0 || opt.stop_after < 0)
     usage_fail("--save-every, --sample-every and --stop-after must be >= 0");
@@ -524,16 +529,18 @@ int run_train(TrainCliOptions opt) {
   if (opt.resume) {
     shards = rmeta.at("shards").get<std::vector<std::string>>();
     if (!opt.shards.empty()) {
-      std::vector<std::string> given = data::expand_shards(opt.shards);
-      for (auto& s : given) s = fs::absolute(s).lexically_normal().string();
-      if (given != shards)
+      if (absolute_shards(opt.shards) != shards)
         fail("--shards ", opt.shards, " lists other files than the checkpoint was trained on (", shards.size(),
              " shards, first ", shards.empty() ? "" : shards[0], "); start a new --work-dir for other data");
     }
   } else {
-    shards = data::expand_shards(opt.shards);
-    for (auto& s : shards) s = fs::absolute(s).lexically_normal().string();
+    shards = absolute_shards(opt.shards);
   }
+  // held-out shards: given, else the checkpoint's
+  std::vector<std::string> eval_shards =
+      !opt.eval_shards.empty() ? absolute_shards(opt.eval_shards)
+      : opt.resume             ? rmeta.value("eval_shards", std::vector<std::string>{})
+                               : std::vector<std::string>{};
   InterruptGuard guard;
   CodeCacheOptions co;
   co.shards = shards;
@@ -543,6 +550,14 @@ int run_train(TrainCliOptions opt) {
   const CodeCache cache =
       load_or_build_code_cache((fs::path(work) / "codes.safetensors").string(), co, s1fp, *stage1);
   if (dp.leader()) dp.barrier();
+  CodeCache eval_cache;  // rank 0 only: it reports the held-out loss
+  if (!eval_shards.empty() && dp.leader()) {
+    CodeCacheOptions eo = co;
+    eo.shards = eval_shards;
+    say("held-out shards: " + std::to_string(eval_shards.size()));
+    eval_cache = load_or_build_code_cache((fs::path(work) / "eval-codes.safetensors").string(), eo, s1fp, *stage1);
+    if (eval_cache.size() == 0) fail("--eval-shards: the held-out shards hold no usable sample");
+  }
 
   // ---- text tokenizer ----
   std::unique_ptr<TextTokenizer> tok;
@@ -664,6 +679,7 @@ int run_train(TrainCliOptions opt) {
                             {"text_weight", text_weight}, {"init", opt.init},
                             {"balance", opt.balance},   {"cfg_drop", opt.cfg_drop},
                             {"code_noise", opt.code_noise}, {"self_feed", opt.self_feed},
+                            {"eval_count", opt.eval_count},
                             {"matmul", opt.matmul}};
   auto save = [&](int64_t step) {
     const int64_t g = step * opt.batch;
@@ -675,6 +691,7 @@ int run_train(TrainCliOptions opt) {
         {"tokenizer", tok_json},
         {"stage1", s1fp.to_json()},
         {"shards", shards},
+        {"eval_shards", eval_shards},
         {"options", options},
         {"data", {{"epoch", batcher.epoch_of(g)}, {"position", batcher.position_of(g)}, {"samples", cache.size()}}},
     };
@@ -695,6 +712,31 @@ int run_train(TrainCliOptions opt) {
       " ids, context " + std::to_string(tok->context_length) + ")");
   if (start >= end) say("the checkpoint is already at step " + std::to_string(start) + " of " + std::to_string(opt.steps));
 
+  // the held-out loss: the first --eval-count samples of the eval shards, caption variant 0,
+  // teacher-forced without dropout, as the training loss weighs it
+  auto evaluate_held_out = [&](int64_t step) {
+    if (eval_cache.size() == 0) return;
+    const int64_t n = std::min<int64_t>(opt.eval_count, eval_cache.size());
+    double img = 0, txt = 0;
+    int64_t txt_n = 0;
+    for (int64_t i = 0; i < n; i += opt.batch) {
+      const int64_t m = std::min<int64_t>(opt.batch, n - i);
+      const RqLoss l = tr.evaluate(fixed_batch(eval_cache, *tok, i, m), nullptr);
+      img += l.image_loss * double(m);
+      txt += l.text_loss * double(l.text_targets);
+      txt_n += l.text_targets;
+    }
+    img /= double(n);
+    txt = txt_n > 0 ? txt / double(txt_n) : 0.0;
+    const double loss = double(image_weight) * img + double(text_weight) * txt;
+    log.event("eval", {{"step", step}, {"loss", loss}, {"image_loss", img}, {"text_loss", txt}, {"samples", n}});
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "step %lld: held-out loss %.4f (image %.4f, text %.4f) on %lld samples",
+                  (long long)step, loss, img, txt, (long long)n);
+    say(buf);
+  };
+  if (!opt.resume) evaluate_held_out(start);
+
   // ---- the loop ----
   TrainProgress progress(kPrefix, start, opt.steps, "tok");
   const double tokens_per_step = double(tr.targets_per_batch(opt.batch));
@@ -711,8 +753,12 @@ int run_train(TrainCliOptions opt) {
     const RqBatch full = batcher.batch(step, opt.batch);
     RqBatch b = W > 1 ? rank_rows(full, dp.rank(), W) : full;
     if (opt.self_feed > 0)  // the draws follow the rows' global positions, whatever the rank
-      b.input_codes = self_feed_inputs(b.inputs(), tr.teacher_forced_logits(b), opt.self_feed, opt.seed,
+    {
+      Tensor z;
+      tr.evaluate(b, &z);
+      b.input_codes = self_feed_inputs(b.inputs(), z, opt.self_feed, opt.seed,
                                        step * opt.batch + int64_t(dp.rank()) * b.codes.dim(0));
+    }
     LossNorm norm;
     if (W > 1) norm = {full.codes.numel(), count_text_targets(full.text, tr.text_pad_id())};
     tr.params().zero_grad();
@@ -758,6 +804,7 @@ int run_train(TrainCliOptions opt) {
       save(done);
       last_saved = done;
       log.event("checkpoint", {{"step", done}, {"path", ckpt_path}});
+      evaluate_held_out(done);
     }
     if (opt.sample_every > 0 && done % opt.sample_every == 0) {
       write_samples(opt, work, done, s1file, cfg, tr.params(), text, tok_json, *be);
@@ -781,6 +828,7 @@ int run_train(TrainCliOptions opt) {
     log.event("end", {{"step", step}, {"interrupted", true}});
     return 128 + interrupt_signal();
   }
+  evaluate_held_out(step);
   log.event("end", {{"step", step}});
   std::printf("%s: step %lld/%lld\n", ckpt_path.c_str(), (long long)step, (long long)opt.steps);
   if (!opt.export_path.empty())
@@ -826,6 +874,10 @@ Command reg("train", "Train the text-to-image transformer (stage 2) on tar shard
   sub.add_option("--self-feed", opt->self_feed,
                  "share of input codes replaced by the model's own draws from its teacher-forced logits of the "
                  "same batch (parallel scheduled sampling; one more forward pass a step; default 0)");
+  sub.add_option("--eval-shards", opt->eval_shards,
+                 "held-out shards: their teacher-forced loss is logged at the start, at each checkpoint and at "
+                 "the end (encoded once into WORK/eval-codes.safetensors)");
+  sub.add_option("--eval-count", opt->eval_count, "held-out samples scored (default 64; the first of the shards)");
   sub.add_option("--init", opt->init,
                  "fine-tune: start from a model file's stage 2 weights, config and text tokenizer (its stage 1 "
                  "encodes the data unless --tokenizer is given)");

@@ -244,12 +244,6 @@ void export_model(const std::string& path, const Stage1Config& cfg, const Tokeni
                      {"software", software_string()}});
 }
 
-std::vector<std::string> absolute_shards(const std::string& spec) {
-  std::vector<std::string> v = data::expand_shards(spec);
-  for (auto& s : v) s = fs::absolute(s).lexically_normal().string();
-  return v;
-}
-
 // ---- the command ----
 
 int run_train_tokenizer(TokOptions opt) {
