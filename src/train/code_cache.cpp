@@ -210,7 +210,8 @@ CodeCache read_code_cache(const std::string& path, nlohmann::json* source) {
 CodeCache load_or_build_code_cache(const std::string& path, const CodeCacheOptions& opt,
                                    const FileFingerprint& stage1_file, ImageTokenizer& stage1, bool* rebuilt) {
   if (opt.shards.empty()) fail("no shards to encode");
-  const nlohmann::json source = {{"shards", shard_list_json(opt.shards)}, {"stage1", stage1_file.to_json()}};
+  nlohmann::json source = {{"shards", shard_list_json(opt.shards)}, {"stage1", stage1_file.to_json()}};
+  if (opt.canonical_flat) source["canonical_flat"] = true;
   auto log = [&](const std::string& s) {
     if (opt.log) opt.log(s);
   };
@@ -245,12 +246,47 @@ CodeCache load_or_build_code_cache(const std::string& path, const CodeCacheOptio
   CodeCache c;
   std::vector<Tensor> pending;
   std::map<std::string, int32_t> group_ids;  // named groups; unnamed samples get fresh ids
+  // --canonical-flat: the codes of a picture filled with one colour, per 8-bit colour
+  std::map<uint32_t, Tensor> flat_codes;
+  int64_t flat_positions = 0;
+  const int64_t ph = S / cs[0], pw = S / cs[1];
+  auto canonicalize = [&](const Tensor& x, Tensor& k) {  // x [b,3,S,S] in [-1,1], k [b,h,w,D]
+    constexpr float kTol = 2.0f / 127.5f;               // 2 of 255 levels
+    for (int64_t i = 0; i < x.dim(0); ++i)
+      for (int64_t y = 0; y < cs[0]; ++y)
+        for (int64_t xx = 0; xx < cs[1]; ++xx) {
+          uint32_t key = 0;
+          bool flat = true;
+          for (int64_t ch = 0; ch < 3 && flat; ++ch) {
+            const float* plane = x.f32() + (i * 3 + ch) * S * S;
+            float lo = plane[y * ph * S + xx * pw], hi = lo;
+            for (int64_t r = y * ph; r < (y + 1) * ph; ++r)
+              for (int64_t q = xx * pw; q < (xx + 1) * pw; ++q) lo = std::min(lo, plane[r * S + q]), hi = std::max(hi, plane[r * S + q]);
+            flat = hi - lo <= kTol;
+            const float first = plane[y * ph * S + xx * pw];
+            key = key << 8 | uint32_t(std::clamp(std::lround((first + 1.0f) * 127.5f), 0L, 255L));
+          }
+          if (!flat) continue;
+          auto it = flat_codes.find(key);
+          if (it == flat_codes.end()) {
+            Tensor fill = Tensor::empty({1, 3, S, S});
+            for (int64_t ch = 0; ch < 3; ++ch)
+              std::fill(fill.f32() + ch * S * S, fill.f32() + (ch + 1) * S * S,
+                        float((key >> (8 * (2 - ch))) & 0xff) / 127.5f - 1.0f);
+            it = flat_codes.emplace(key, stage1.encode(fill)).first;
+          }
+          std::memcpy(k.ptr<int32_t>() + ((i * cs[0] + y) * cs[1] + xx) * cs[2],
+                      it->second.ptr<int32_t>() + (y * cs[1] + xx) * cs[2], size_t(cs[2]) * sizeof(int32_t));
+          ++flat_positions;
+        }
+  };
   auto flush = [&] {
     if (pending.empty()) return;
     Tensor x = Tensor::empty({int64_t(pending.size()), 3, S, S});
     for (size_t i = 0; i < pending.size(); ++i)
       std::memcpy(x.f32() + int64_t(i) * 3 * S * S, pending[i].f32(), size_t(3 * S * S) * sizeof(float));
     Tensor k = stage1.encode(x);  // [b,h,w,D]
+    if (opt.canonical_flat) canonicalize(x, k);
     codes.insert(codes.end(), k.ptr<int32_t>(), k.ptr<int32_t>() + k.numel());
     pending.clear();
     if (c.captions.size() % 256 < size_t(opt.encode_batch))
@@ -280,6 +316,9 @@ CodeCache load_or_build_code_cache(const std::string& path, const CodeCacheOptio
   c.codes = Tensor::empty({N, cs[0], cs[1], cs[2]}, DType::I32);
   std::memcpy(c.codes.data(), codes.data(), size_t(N * per) * sizeof(int32_t));
   log("encoded " + std::to_string(N) + " samples (" + st.summary() + ")");
+  if (opt.canonical_flat)
+    log("canonical codes for " + std::to_string(flat_positions) + " flat patches of " +
+        std::to_string(N * cs[0] * cs[1]) + " (" + std::to_string(flat_codes.size()) + " colours)");
   write_code_cache(path, c, source);
   return c;
 }

@@ -86,6 +86,14 @@ struct CodeCacheOptions {
   int encode_batch = 8;             // pictures per stage-1 encode call
   std::function<void(const std::string&)> log;  // progress lines ("" = quiet)
   std::function<void()> check_interrupt;        // called between batches (may throw)
+  // Flat patches get canonical codes (hwaga train --canonical-flat): a code position whose
+  // picture patch (resolution / h pixels square) is one colour, every channel within 2/255 of
+  // its range, gets the code stack that the same position has in a picture filled with that
+  // colour (the patch's first pixel, 8-bit), encoded once per colour. The stage-1 encoder's
+  // attention otherwise writes every picture's identity into the codes of its plain background,
+  // which no prompt can predict (the emoji cache: 5,220 different stacks among 7,184 top-left
+  // corners, most of them white). Recorded in the cache's source, so switching it re-encodes.
+  bool canonical_flat = false;
 };
 
 // Loads `path` when its source matches (shards + stage-1 fingerprint), else encodes every sample

@@ -342,6 +342,62 @@ class TrainCli(Stage2Fixture):
         self.assertEqual(p.returncode, 2, p.stderr)
         self.assertIn("--eval-count must be at least 1", p.stderr)
 
+    def test_canonical_flat_codes(self):
+        # every code position of the cache is either the encoder's code of the picture (a patch
+        # with more than one colour) or, for a one-colour patch, the code that `hwaga encode`
+        # gives the same position of a picture filled with that colour
+        import numpy as np
+        w = self.work("flat")
+        p = hwaga(*self.base(w, "--steps", "2", "--stop-after", "1", "--canonical-flat"), check=True)
+        self.assertRegex(p.stderr, r"canonical codes for \d+ flat patches of 512 \(\d+ colours\)")
+        t, _ = fx.read_safetensors(os.path.join(w, "codes.safetensors"))
+        codes = t["codes"]
+        raw = t["captions.bytes"].tobytes()
+        off, first = t["captions.offsets"], t["captions.first"]
+        caps = [raw[off[first[n]]:off[first[n] + 1]].decode() for n in range(len(codes))]
+        pics = {"%s %s" % (c, s): fx.picture(c, s) for c, s in fx.items()}
+        d = os.path.join(self.tmp, "flat-pngs")
+        os.makedirs(d, exist_ok=True)
+
+        def encode(rgb, name):
+            path = os.path.join(d, name + ".png")
+            with open(path, "wb") as f:
+                f.write(fx.png_bytes(rgb))
+            out = os.path.join(d, name + ".npy")
+            hwaga("encode", "-m", self.s1, "-o", out, path, check=True)
+            return np.load(out)[0]
+
+        flat_seen = mixed_seen = 0
+        fills = {}
+        for n, cap in enumerate(caps):
+            pic = pics[cap]
+            own = encode(pic, "pic%d" % n)
+            h, w_, _ = own.shape
+            ph, pw = pic.shape[0] // h, pic.shape[1] // w_
+            for y in range(h):
+                for x in range(w_):
+                    patch = pic[y * ph:(y + 1) * ph, x * pw:(x + 1) * pw].reshape(-1, 3)
+                    if (patch == patch[0]).all():
+                        key = tuple(int(v) for v in patch[0])
+                        if key not in fills:
+                            fills[key] = encode(np.full_like(pic, patch[0]), "fill%d" % len(fills))
+                        np.testing.assert_array_equal(codes[n, y, x], fills[key][y, x], "%s (%d,%d)" % (cap, y, x))
+                        flat_seen += 1
+                    else:
+                        np.testing.assert_array_equal(codes[n, y, x], own[y, x], "%s (%d,%d)" % (cap, y, x))
+                        mixed_seen += 1
+        self.assertGreater(flat_seen, 100)
+        self.assertGreater(mixed_seen, 50)
+        self.assertGreater(len(fills), 1)  # white and the shapes' colours
+        # kept on resume; a run without it cannot switch on resume
+        p = hwaga("train", "--work-dir", w, "--resume", "--threads", "2", check=True)
+        self.assertIn("reusing", p.stderr)
+        plain = self.work("flat-plain")
+        hwaga(*self.base(plain, "--steps", "2", "--stop-after", "1"), check=True)
+        p = hwaga("train", "--work-dir", plain, "--resume", "--canonical-flat")
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn("--canonical-flat: the checkpoint's run trained on the encoder's own codes", p.stderr)
+
     def test_spm_tokenizer_keeps_hangul_and_cache_rebuilds(self):
         w = self.work("spm")
         cfg = fx.write_config(os.path.join(self.tmp, "cfg-spm.json"), vocab_size_cond=30)

@@ -2,7 +2,7 @@
 //             --text-tokenizer bpe16k:VOCAB.json,MERGES.txt | spm:VOCAB_SIZE [--context N]
 //             --work-dir DIR --steps N [--batch B] [--lr 5e-4] [--warmup 0] [--min-lr 0]
 //             [--weight-decay 1e-4] [--dropout 0.1] [--clip 1.0] [--seed S]
-//             [--balance] [--cfg-drop P] [--code-noise P] [--self-feed P] [--eval-shards SPEC [--eval-count N]] [--save-every N] [--sample-every N --sample-prompt P ...] [--stop-after K]
+//             [--balance] [--canonical-flat] [--cfg-drop P] [--code-noise P] [--self-feed P] [--eval-shards SPEC [--eval-count N]] [--save-every N] [--sample-every N --sample-prompt P ...] [--stop-after K]
 //             [--resume] [--export model.safetensors [--export-dtype f32|bf16|f16]] [--threads N]
 //             [--device cpu|cuda] [--world W --rank R --dist-addr HOST:PORT [--dist-timeout S]
 //             [--dist-backend tcp|nccl]]
@@ -39,6 +39,11 @@
 // --matmul bf16 runs the linear layers' matrix products with bf16 inputs and f32 accumulation
 // (cpu::gemm_bf16, several times sgemm's rate on CPUs with AMX; cuBLAS on the GPU); everything
 // else stays f32 (f32 master weights, gradients and optimizer state).
+//
+// --canonical-flat gives the code positions of flat patches (a plain background) the codes of a
+// picture filled with that colour (train/code_cache.h): the stage-1 encoder's attention writes
+// each picture's identity into its background's codes, which no prompt predicts and which the
+// model, having learnt them, follows when it samples them wrong.
 //
 // --cfg-drop P gives a share P of the rows the unconditional all-PAD text instead of their
 // caption (train/code_cache.h), so that the model also learns the picture distribution without
@@ -135,6 +140,7 @@ struct TrainCliOptions {
   std::vector<std::string> sample_prompts;
   bool resume = false;
   bool balance = false;  // draw every json "group" equally often (train/code_cache.h)
+  bool canonical_flat = false;  // flat patches get the codes of a flat picture (train/code_cache.h)
   std::string dump_step;  // hidden: the first step's batch, losses and gradients (parity tests)
   DistCliOptions dist;  // data parallel (train/data_parallel.h)
   std::string dist_backend = "tcp";  // how the gradients are summed: tcp, or nccl (GPUs)
@@ -395,6 +401,10 @@ int run_train(TrainCliOptions opt) {
     opt.batch = o.value("batch", opt.batch);
     opt.seed = o.value("seed", opt.seed);
     opt.balance = o.value("balance", false);
+    if (opt.given("--canonical-flat") && !o.value("canonical_flat", false))
+      usage_fail("--canonical-flat: the checkpoint's run trained on the encoder's own codes; start a new "
+                 "--work-dir (or --init from an export) to switch");
+    opt.canonical_flat = o.value("canonical_flat", false);
   } else {
     if (opt.shards.empty()) usage_fail("--shards is required (or --resume)");
     if (!opt.init.empty()) {
@@ -546,6 +556,7 @@ int run_train(TrainCliOptions opt) {
   co.shards = shards;
   co.log = [](const std::string& s) { say(s); };
   co.check_interrupt = [] { throw_if_interrupted(); };
+  co.canonical_flat = opt.canonical_flat;
   if (!dp.leader()) dp.barrier();  // rank 0 encodes the shards into the shared cache first
   const CodeCache cache =
       load_or_build_code_cache((fs::path(work) / "codes.safetensors").string(), co, s1fp, *stage1);
@@ -679,7 +690,7 @@ int run_train(TrainCliOptions opt) {
                             {"text_weight", text_weight}, {"init", opt.init},
                             {"balance", opt.balance},   {"cfg_drop", opt.cfg_drop},
                             {"code_noise", opt.code_noise}, {"self_feed", opt.self_feed},
-                            {"eval_count", opt.eval_count},
+                            {"eval_count", opt.eval_count}, {"canonical_flat", opt.canonical_flat},
                             {"matmul", opt.matmul}};
   auto save = [&](int64_t step) {
     const int64_t g = step * opt.batch;
@@ -859,6 +870,9 @@ Command reg("train", "Train the text-to-image transformer (stage 2) on tar shard
   sub.add_option("--sample-every", opt->sample_every, "write sample pictures every N steps (0 = never)");
   sub.add_option("--sample-prompt", opt->sample_prompts, "a prompt for the sample pictures (repeatable)");
   sub.add_flag("--resume", opt->resume, "continue WORK/checkpoint.safetensors");
+  sub.add_flag("--canonical-flat", opt->canonical_flat,
+              "code positions whose picture patch is one flat colour get the codes of a picture filled with "
+              "that colour, not the encoder's picture-specific ones (plain backgrounds: icons, emoji, sprites)");
   sub.add_flag("--balance", opt->balance,
                "draw the shards' json \"group\" values equally often, not the samples (e.g. an emoji with its "
                "skin-tone variants as one group); samples without a group are their own");
