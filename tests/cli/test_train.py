@@ -248,11 +248,8 @@ class TrainCli(Stage2Fixture):
         self.assertIn("balanced batches", p.stderr)  # kept from the checkpoint
         self.assertIn("step 4/4", p.stdout)
         # a plain run cannot be switched to balanced batches on resume
-        plain = self.work("balance-plain")
-        hwaga(*self.base(plain, "--steps", "4", "--stop-after", "1"), check=True)
-        p = hwaga("train", "--work-dir", plain, "--resume", "--balance")
-        self.assertEqual(p.returncode, 2, p.stderr)
-        self.assertIn("--balance: the checkpoint's run draws every sample equally often", p.stderr)
+        self.check_no_switch_on_resume("balance-plain", "--balance",
+                                       "--balance: the checkpoint's run draws every sample equally often")
 
     def test_cfg_drop_is_recorded_and_kept_on_resume(self):
         w = self.work("cfg-drop")
@@ -268,37 +265,42 @@ class TrainCli(Stage2Fixture):
         hwaga(*self.base(plain, "--steps", "4"), check=True)
         self.assertNotEqual([r["loss"] for r in losses(w)], [r["loss"] for r in losses(plain)])
 
-    def test_code_noise_is_recorded_and_resumes_exactly(self):
-        w = self.work("code-noise")
-        p = hwaga(*self.base(w, "--steps", "4", "--stop-after", "2", "--code-noise", "0.25"), check=True)
-        self.assertIn("input code noise: 25% of the input codes are uniform random codes", p.stderr)
+    def check_no_switch_on_resume(self, name, flag, message):
+        """A plain run's checkpoint cannot be resumed with `flag` (it changes the data)."""
+        plain = self.work(name)
+        hwaga(*self.base(plain, "--steps", "4", "--stop-after", "1"), check=True)
+        p = hwaga("train", "--work-dir", plain, "--resume", flag)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(message, p.stderr)
+
+    def check_input_option(self, name, flag, value, key, said, said_short, first_step_differs=True):
+        """An option that changes the inputs of each step: recorded in the checkpoint, kept on
+        resume, 2 + 2 resumed steps equal 4 straight ones (its draws are a function of the seed
+        and the position), and it changes the run."""
+        w = self.work(name)
+        p = hwaga(*self.base(w, "--steps", "4", "--stop-after", "2", flag, value), check=True)
+        self.assertIn(said, p.stderr)
         _, meta = fx.read_safetensors(os.path.join(w, "checkpoint.safetensors"))
-        self.assertEqual(json.loads(meta["train"])["options"]["code_noise"], 0.25)
+        self.assertEqual(json.loads(meta["train"])["options"][key], float(value))
         p = hwaga("train", "--work-dir", w, "--resume", "--threads", "2", check=True)
-        self.assertIn("input code noise: 25%", p.stderr)  # kept from the checkpoint
-        # 2 + 2 resumed steps equal 4 straight ones (the noise is a function of seed and position)
-        straight = self.work("code-noise-straight")
-        hwaga(*self.base(straight, "--steps", "4", "--code-noise", "0.25"), check=True)
+        self.assertIn(said_short, p.stderr)  # kept from the checkpoint
+        straight = self.work(name + "-straight")
+        hwaga(*self.base(straight, "--steps", "4", flag, value), check=True)
         self.assertEqual([r["loss"] for r in losses(w)], [r["loss"] for r in losses(straight)])
-        # and the noise changes the run
-        plain = self.work("code-noise-plain")
+        plain = self.work(name + "-plain")
         hwaga(*self.base(plain, "--steps", "4"), check=True)
-        self.assertNotEqual([r["loss"] for r in losses(w)], [r["loss"] for r in losses(plain)])
+        skip = 0 if first_step_differs else 1
+        self.assertNotEqual([r["loss"] for r in losses(w)][skip:], [r["loss"] for r in losses(plain)][skip:])
+
+    def test_code_noise_is_recorded_and_resumes_exactly(self):
+        self.check_input_option("code-noise", "--code-noise", "0.25", "code_noise",
+                                "input code noise: 25% of the input codes are uniform random codes",
+                                "input code noise: 25%")
 
     def test_self_feed_is_recorded_and_resumes_exactly(self):
-        w = self.work("self-feed")
-        p = hwaga(*self.base(w, "--steps", "4", "--stop-after", "2", "--self-feed", "0.5"), check=True)
-        self.assertIn("self-feeding: 50% of the input codes are the model's own draws", p.stderr)
-        _, meta = fx.read_safetensors(os.path.join(w, "checkpoint.safetensors"))
-        self.assertEqual(json.loads(meta["train"])["options"]["self_feed"], 0.5)
-        p = hwaga("train", "--work-dir", w, "--resume", "--threads", "2", check=True)
-        self.assertIn("self-feeding: 50%", p.stderr)
-        straight = self.work("self-feed-straight")
-        hwaga(*self.base(straight, "--steps", "4", "--self-feed", "0.5"), check=True)
-        self.assertEqual([r["loss"] for r in losses(w)], [r["loss"] for r in losses(straight)])
-        plain = self.work("self-feed-plain")
-        hwaga(*self.base(plain, "--steps", "4"), check=True)
-        self.assertNotEqual([r["loss"] for r in losses(w)][1:], [r["loss"] for r in losses(plain)][1:])
+        self.check_input_option("self-feed", "--self-feed", "0.5", "self_feed",
+                                "self-feeding: 50% of the input codes are the model's own draws", "self-feeding: 50%",
+                                first_step_differs=False)
 
     def test_held_out_loss(self):
         # single-caption shards: a batch of all 8 samples is then exactly the held-out set, so the
@@ -392,11 +394,8 @@ class TrainCli(Stage2Fixture):
         # kept on resume; a run without it cannot switch on resume
         p = hwaga("train", "--work-dir", w, "--resume", "--threads", "2", check=True)
         self.assertIn("reusing", p.stderr)
-        plain = self.work("flat-plain")
-        hwaga(*self.base(plain, "--steps", "2", "--stop-after", "1"), check=True)
-        p = hwaga("train", "--work-dir", plain, "--resume", "--canonical-flat")
-        self.assertEqual(p.returncode, 2, p.stderr)
-        self.assertIn("--canonical-flat: the checkpoint's run trained on the encoder's own codes", p.stderr)
+        self.check_no_switch_on_resume("flat-plain", "--canonical-flat",
+                                       "--canonical-flat: the checkpoint's run trained on the encoder's own codes")
 
     def test_spm_tokenizer_keeps_hangul_and_cache_rebuilds(self):
         w = self.work("spm")
