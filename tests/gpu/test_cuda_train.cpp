@@ -55,8 +55,10 @@ Tensor randn(const Shape& s, uint32_t seed, float std) {
   return t;
 }
 
-// Random codes and captions (PAD = 0 after a caption of varying length), one row all PAD.
-RqBatch random_batch(int64_t B, int64_t L, int64_t h, int64_t w, int64_t d, int64_t K, int64_t V, uint32_t seed) {
+// Random codes and captions (PAD = 0 after a caption of varying length), one row all PAD;
+// noisy_inputs: a third of the input codes differ from the targets (train --code-noise/--self-feed).
+RqBatch random_batch(int64_t B, int64_t L, int64_t h, int64_t w, int64_t d, int64_t K, int64_t V, uint32_t seed,
+                     bool noisy_inputs = false) {
   std::mt19937 g(seed);
   RqBatch b;
   b.text = Tensor::empty({B, L}, DType::I32);
@@ -65,6 +67,10 @@ RqBatch random_batch(int64_t B, int64_t L, int64_t h, int64_t w, int64_t d, int6
   for (int64_t r = 0; r < B; ++r)
     for (int64_t t = 0; t < L; ++t)
       b.text.ptr<int32_t>()[r * L + t] = (r > 0 && t < 1 + (r + t) % L) ? int32_t(1 + g() % uint32_t(V - 1)) : 0;
+  if (noisy_inputs) {
+    b.input_codes = b.codes.clone();
+    for (int64_t i = 0; i < b.codes.numel(); i += 3) b.input_codes.ptr<int32_t>()[i] = int32_t(g() % uint32_t(K));
+  }
   return b;
 }
 
@@ -144,7 +150,7 @@ TEST(CudaTrain, RqTransformerStepsMatchTheCpu) {
     gpu.to_device(ops);
     EXPECT_EQ(gpu.params().device(), Device::CUDA);
     const RqBatch batch = random_batch(medium ? 4 : 3, cfg.block_size_cond, cfg.H(), cfg.W(), cfg.D(), cfg.vocab_size,
-                                       cfg.vocab_size_cond, 3);
+                                       cfg.vocab_size_cond, 3, /*noisy_inputs=*/medium);
     compare_steps(cpu, gpu, ops, batch, 2e-5, 2e-4, 1e-4);
 
     // evaluate's logits come back to the host and match
@@ -169,8 +175,11 @@ TEST(CudaTrain, MindalleGptStepsMatchTheCpu) {
   randomize(cpu.params(), 4);
   randomize(gpu.params(), 4);
   gpu.to_device(ops);
-  const RqBatch batch = random_batch(3, c.ctx_len_txt, 3, 4, 1, c.vocab_size_img, c.vocab_size_txt, 5);
-  compare_steps(cpu, gpu, ops, batch, 2e-5, 2e-4, 1e-4);
+  for (bool noisy : {false, true}) {
+    SCOPED_TRACE(noisy ? "noisy input codes" : "input codes = targets");
+    const RqBatch batch = random_batch(3, c.ctx_len_txt, 3, 4, 1, c.vocab_size_img, c.vocab_size_txt, 5, noisy);
+    compare_steps(cpu, gpu, ops, batch, 2e-5, 2e-4, 1e-4);
+  }
 }
 
 TEST(CudaTrain, Bf16ProductsStayCloseToF32) {
