@@ -109,6 +109,7 @@
 #include "train/optim.h"
 #include "train/rq_transformer_trainer.h"
 #include "train/stage2_export.h"
+#include "train/stage2_trainer.h"
 #include "train/train_log.h"
 #include "train/transformer_ops.h"
 #include "kernels/cpu/gemm.h"
@@ -152,40 +153,6 @@ bool g_quiet = false;  // ranks 1..W-1 of a data-parallel run leave the talking 
 
 void say(const std::string& s) {
   if (!g_quiet) std::fprintf(stderr, "%s%s\n", kPrefix, s.c_str());
-}
-
-// ---- the two stage-2 trainers behind one face, so that the loop below is shared ----
-
-struct Stage2Trainer {
-  virtual ~Stage2Trainer() = default;
-  virtual ParamSet& params() = 0;
-  virtual void init_weights(uint64_t seed) = 0;
-  virtual void to_device(TrainOps& ops) = 0;
-  virtual RqLoss forward_backward(const RqBatch& b, uint64_t seed, int64_t step, const LossNorm& norm) = 0;
-  virtual RqLoss evaluate(const RqBatch& b, Tensor* logits) = 0;  // no dropout; logits host f32 [B,h,w,D,K]
-  virtual int32_t text_pad_id() = 0;
-  virtual int64_t targets_per_batch(int64_t B) const = 0;
-};
-
-template <class T>
-struct TrainerOf final : Stage2Trainer {
-  T t;
-  template <class... A>
-  explicit TrainerOf(A&&... a) : t(std::forward<A>(a)...) {}
-  ParamSet& params() override { return t.params(); }
-  void init_weights(uint64_t seed) override { t.init_weights(seed); }
-  void to_device(TrainOps& ops) override { t.to_device(ops); }
-  RqLoss forward_backward(const RqBatch& b, uint64_t seed, int64_t step, const LossNorm& norm) override {
-    return t.forward_backward(b, seed, step, norm);
-  }
-  RqLoss evaluate(const RqBatch& b, Tensor* logits) override { return t.evaluate(b, logits); }
-  int32_t text_pad_id() override { return t.options().text_pad_id; }
-  int64_t targets_per_batch(int64_t B) const override { return t.targets_per_batch(B); }
-};
-
-// AdamW betas of each model's recipe (architecture.md §6.2, §6.3).
-std::pair<double, double> recipe_betas(const Stage2Config& c) {
-  return c.is_gpt() ? std::pair{0.9, 0.99} : std::pair{0.9, 0.95};
 }
 
 // ---- the text tokenizer ----
@@ -243,73 +210,6 @@ std::unique_ptr<TextTokenizer> make_text_tokenizer(const TextTokSpec& t, int con
   }
 }
 
-// ---- config checks ----
-
-Stage2Config read_config_file(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) fail("--config: cannot read ", path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(f);
-  } catch (const std::exception& e) {
-    fail(path, ": not valid JSON (", e.what(), ")");
-  }
-  if (j.is_object() && j.contains("stage2")) j = j["stage2"];
-  if (j.is_object() && !j.contains("type")) j["type"] = kStage2RqTransformer;
-  return stage2_config_from_json(j, path);
-}
-
-// The stage-2 config against the stage-1 model (before any shard is encoded). `codebook` is the
-// RQ-VAE's [K,E] (undefined for other stage-1 kinds).
-void check_stage1_pairing(const Stage2Config& c, const std::string& cfg_name, ImageTokenizer& s1,
-                          const std::string& s1_name, const Tensor& codebook) {
-  const Shape cs = s1.code_shape();
-  if (c.is_gpt()) {
-    const MindalleGptConfig& g = c.gpt;
-    if (cs.size() != 3 || cs[2] != 1)
-      fail(cfg_name, ": a mindalle-gpt takes one code per position, but the codes of ", s1_name, " are ",
-           shape_str(cs), " (a ", s1.kind(), "; use a VQGAN or another depth-1 stage-1 model)");
-    if (cs[0] * cs[1] != g.ctx_len_img)
-      fail(cfg_name, ": ctx_len_img ", g.ctx_len_img, " differs from the ", cs[0], "x", cs[1], " codes of ", s1_name);
-    if (s1.codebook_size() != g.vocab_size_img)
-      fail(cfg_name, ": vocab_size_img ", g.vocab_size_img, " differs from the codebook size of ", s1_name, ", ",
-           s1.codebook_size());
-    if (g.ctx_len_txt < 2)
-      fail(cfg_name, ": ctx_len_txt ", g.ctx_len_txt, ": hwaga train trains text-conditioned models (> 1)");
-    return;
-  }
-  if (!c.is_rq())
-    fail(cfg_name, ": type \"", c.type, "\": hwaga train trains \"", kStage2RqTransformer, "\" and \"",
-         kStage2MindalleGpt, "\" models");
-  const RqTransformerConfig& r = c.rq;
-  if (!r.has_text())
-    fail(cfg_name, ": block_size_cond ", r.block_size_cond,
-         ": hwaga train trains text-conditioned models (block_size_cond = the text context, > 1)");
-  if (!codebook.defined())
-    fail(s1_name, ": the stage-1 model is a ", s1.kind(), "; the RQ-Transformer needs an rq-vae");
-  if (cs != Shape{r.H(), r.W(), r.D()})
-    fail(cfg_name, ": block_size ", shape_str(Shape{r.H(), r.W(), r.D()}), " differs from the codes of ", s1_name, ", ",
-         shape_str(cs));
-  if (s1.codebook_size() != r.vocab_size)
-    fail(cfg_name, ": vocab_size ", r.vocab_size, " differs from the codebook size of ", s1_name, ", ",
-         s1.codebook_size());
-  if (codebook.dim(1) != r.input_embed_dim)
-    fail(cfg_name, ": input_embed_dim ", r.input_embed_dim, " differs from the codebook vectors of ", s1_name, " (",
-         codebook.dim(1), " values)");
-}
-
-void check_text_pairing(const Stage2Config& c, const std::string& cfg_name, const TextTokenizer& tok,
-                        const std::string& tok_name) {
-  const char* vocab_field = c.is_gpt() ? "vocab_size_txt" : "vocab_size_cond";
-  const char* len_field = c.is_gpt() ? "ctx_len_txt" : "block_size_cond";
-  if (tok.vocab_size != c.text_vocab_size())
-    fail(cfg_name, ": ", vocab_field, " ", c.text_vocab_size(), " differs from the text tokenizer's vocabulary (",
-         tok_name, ": ", tok.vocab_size, " ids); set ", vocab_field, " to ", tok.vocab_size);
-  if (tok.context_length != c.text_length())
-    fail(cfg_name, ": ", len_field, " ", c.text_length(), " differs from the text context (", tok.context_length,
-         " ids)");
-}
-
 // ---- samples ----
 
 void write_samples(const TrainCliOptions& opt, const std::string& work, int64_t step, const SafetensorsFile& s1file,
@@ -342,14 +242,6 @@ void write_samples(const TrainCliOptions& opt, const std::string& work, int64_t 
               {{"Software", software_string()}, {"Description", opt.sample_prompts[i]},
                {"hwaga.step", std::to_string(step)}, {"hwaga.seed", std::to_string(i)}});
   }
-}
-
-// Rows [r*B/W, (r+1)*B/W) of a global batch: what rank r of W trains on.
-RqBatch rank_rows(const RqBatch& full, int rank, int world) {
-  const int64_t B = full.codes.dim(0), n = B / world;
-  RqBatch b{full.text.slice0(rank * n, (rank + 1) * n).clone(), full.codes.slice0(rank * n, (rank + 1) * n).clone(), {}};
-  if (full.input_codes.defined()) b.input_codes = full.input_codes.slice0(rank * n, (rank + 1) * n).clone();
-  return b;
 }
 
 int run_train(TrainCliOptions opt) {
@@ -524,7 +416,7 @@ int run_train(TrainCliOptions opt) {
       fail(opt.init, ": --init needs a text-to-image model file (config.stage2); this one is an image tokenizer only");
     cfg = stage2_config_from_json(mc["stage2"], opt.init + ": config.stage2");
   } else {
-    cfg = read_config_file(opt.config);
+    cfg = read_stage2_config_file(opt.config);
   }
   const std::string cfg_name = opt.resume ? ckpt_path : !opt.init.empty() ? opt.init : opt.config;
   check_stage1_pairing(cfg, cfg_name, *stage1, s1path, codebook);
@@ -723,27 +615,14 @@ int run_train(TrainCliOptions opt) {
       " ids, context " + std::to_string(tok->context_length) + ")");
   if (start >= end) say("the checkpoint is already at step " + std::to_string(start) + " of " + std::to_string(opt.steps));
 
-  // the held-out loss: the first --eval-count samples of the eval shards, caption variant 0,
-  // teacher-forced without dropout, as the training loss weighs it
   auto evaluate_held_out = [&](int64_t step) {
     if (eval_cache.size() == 0) return;
-    const int64_t n = std::min<int64_t>(opt.eval_count, eval_cache.size());
-    double img = 0, txt = 0;
-    int64_t txt_n = 0;
-    for (int64_t i = 0; i < n; i += opt.batch) {
-      const int64_t m = std::min<int64_t>(opt.batch, n - i);
-      const RqLoss l = tr.evaluate(fixed_batch(eval_cache, *tok, i, m), nullptr);
-      img += l.image_loss * double(m);
-      txt += l.text_loss * double(l.text_targets);
-      txt_n += l.text_targets;
-    }
-    img /= double(n);
-    txt = txt_n > 0 ? txt / double(txt_n) : 0.0;
-    const double loss = double(image_weight) * img + double(text_weight) * txt;
-    log.event("eval", {{"step", step}, {"loss", loss}, {"image_loss", img}, {"text_loss", txt}, {"samples", n}});
+    const HeldOutLoss h = held_out_loss(tr, eval_cache, *tok, opt.eval_count, opt.batch, image_weight, text_weight);
+    log.event("eval", {{"step", step}, {"loss", h.loss}, {"image_loss", h.image_loss}, {"text_loss", h.text_loss},
+                       {"samples", h.samples}});
     char buf[160];
     std::snprintf(buf, sizeof buf, "step %lld: held-out loss %.4f (image %.4f, text %.4f) on %lld samples",
-                  (long long)step, loss, img, txt, (long long)n);
+                  (long long)step, h.loss, h.image_loss, h.text_loss, (long long)h.samples);
     say(buf);
   };
   if (!opt.resume) evaluate_held_out(start);
