@@ -261,7 +261,10 @@ CodeCache load_or_build_code_cache(const std::string& path, const CodeCacheOptio
             const float* plane = x.f32() + (i * 3 + ch) * S * S;
             float lo = plane[y * ph * S + xx * pw], hi = lo;
             for (int64_t r = y * ph; r < (y + 1) * ph; ++r)
-              for (int64_t q = xx * pw; q < (xx + 1) * pw; ++q) lo = std::min(lo, plane[r * S + q]), hi = std::max(hi, plane[r * S + q]);
+              for (int64_t q = xx * pw; q < (xx + 1) * pw; ++q) {
+                lo = std::min(lo, plane[r * S + q]);
+                hi = std::max(hi, plane[r * S + q]);
+              }
             flat = hi - lo <= kTol;
             const float first = plane[y * ph * S + xx * pw];
             key = key << 8 | uint32_t(std::clamp(std::lround((first + 1.0f) * 127.5f), 0L, 255L));
