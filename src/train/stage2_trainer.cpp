@@ -1,9 +1,6 @@
 #include "train/stage2_trainer.h"
 
 #include <algorithm>
-#include <fstream>
-
-#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 
@@ -13,19 +10,6 @@ std::pair<double, double> recipe_betas(const Stage2Config& c) {
   return c.is_gpt() ? std::pair{0.9, 0.99} : std::pair{0.9, 0.95};
 }
 
-Stage2Config read_stage2_config_file(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) fail("--config: cannot read ", path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(f);
-  } catch (const std::exception& e) {
-    fail(path, ": not valid JSON (", e.what(), ")");
-  }
-  if (j.is_object() && j.contains("stage2")) j = j["stage2"];
-  if (j.is_object() && !j.contains("type")) j["type"] = kStage2RqTransformer;
-  return stage2_config_from_json(j, path);
-}
 
 void check_stage1_pairing(const Stage2Config& c, const std::string& cfg_name, ImageTokenizer& s1,
                           const std::string& s1_name, const Tensor& codebook) {

@@ -49,9 +49,6 @@ struct TrainerOf final : Stage2Trainer {
 // AdamW betas of each model's recipe (architecture.md §6.2, §6.3): RQ-Transformer 0.9/0.95,
 // minDALL-E's GPT 0.9/0.99.
 std::pair<double, double> recipe_betas(const Stage2Config& c);
-// hwaga train --config: a JSON file with a stage-2 config, or a model file's config with a
-// "stage2" object; "type" defaults to rq-transformer. Errors name the file.
-Stage2Config read_stage2_config_file(const std::string& path);
 
 // The stage-2 config against the stage-1 model (before any shard is encoded). `codebook` is the
 // RQ-VAE's [K,E] (undefined for other stage-1 kinds). Errors name cfg_name / s1_name.

@@ -36,17 +36,22 @@ inline Backend& cpu_backend() {
   return *be;
 }
 
+// What a GPU test does without its GPU: a failure when HWAGA_REQUIRE_GPU=1 (device_check.sh),
+// else a visible skip that says why.
+#define HWAGA_GPU_MISSING_(why)                                                        \
+  do {                                                                                 \
+    const char* req = std::getenv("HWAGA_REQUIRE_GPU");                                \
+    if (req && std::string(req) == "1") FAIL() << "HWAGA_REQUIRE_GPU=1 but " << (why); \
+    if ((why).rfind("no CUDA device", 0) == 0) GTEST_SKIP() << (why);                  \
+    GTEST_SKIP() << "no CUDA device: " << (why);                                       \
+  } while (0)
+
 // Skips visibly when no GPU is found; fails instead when HWAGA_REQUIRE_GPU=1 (device runs), so
 // that a backend that cannot start on a machine with a GPU is not mistaken for a pass.
 #define HWAGA_NEED_GPU(var, bf16)                                                         \
   std::string why_##var;                                                                  \
   Backend* var##_ptr = ::hwaga::gputest::cuda_backend(bf16, &why_##var);                  \
-  if (!var##_ptr) {                                                                       \
-    const char* req = std::getenv("HWAGA_REQUIRE_GPU");                                   \
-    if (req && std::string(req) == "1") FAIL() << "HWAGA_REQUIRE_GPU=1 but " << why_##var; \
-    if (why_##var.rfind("no CUDA device", 0) == 0) GTEST_SKIP() << why_##var;             \
-    GTEST_SKIP() << "no CUDA device: " << why_##var;                                      \
-  }                                                                                       \
+  if (!var##_ptr) HWAGA_GPU_MISSING_(why_##var);                                          \
   Backend& var = *var##_ptr
 
 // The CUDA training ops (train/train_ops.h), created once; `why` says what is missing when there
@@ -68,12 +73,7 @@ inline train::TrainOps* cuda_train_ops(std::string* why) {
 #define HWAGA_NEED_CUDA_TRAIN_OPS(var)                                                       \
   std::string why_##var;                                                                    \
   ::hwaga::train::TrainOps* var##_ptr = ::hwaga::gputest::cuda_train_ops(&why_##var);       \
-  if (!var##_ptr) {                                                                         \
-    const char* req = std::getenv("HWAGA_REQUIRE_GPU");                                     \
-    if (req && std::string(req) == "1") FAIL() << "HWAGA_REQUIRE_GPU=1 but " << why_##var;  \
-    if (why_##var.rfind("no CUDA device", 0) == 0) GTEST_SKIP() << why_##var;               \
-    GTEST_SKIP() << "no CUDA device: " << why_##var;                                        \
-  }                                                                                         \
+  if (!var##_ptr) HWAGA_GPU_MISSING_(why_##var);                                            \
   ::hwaga::train::TrainOps& var = *var##_ptr
 
 inline Tensor random_tensor(const Shape& s, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {

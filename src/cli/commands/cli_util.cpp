@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <system_error>
 
 #include "core/error.h"
@@ -176,6 +177,19 @@ std::vector<std::string> absolute_shards(const std::string& spec) {
   std::vector<std::string> v = data::expand_shards(spec);
   for (auto& s : v) s = fs::absolute(s).lexically_normal().string();
   return v;
+}
+
+nlohmann::json read_config_json(const std::string& path, const char* section) {
+  std::ifstream f(path);
+  if (!f) fail("--config: cannot read ", path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f);
+  } catch (const std::exception& e) {
+    fail(path, ": not valid JSON (", e.what(), ")");
+  }
+  if (j.is_object() && j.contains(section)) j = j[section];
+  return j;
 }
 
 std::string base_name(const std::string& path) { return fs::path(path).filename().string(); }

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "backend/backend.h"
@@ -70,6 +72,9 @@ std::string base_name(const std::string& path);
 // The shard files of a spec (data::expand_shards: folder, list, range or glob), each made
 // absolute and normal, as the training checkpoints record them.
 std::vector<std::string> absolute_shards(const std::string& spec);
+// A --config JSON file: the object itself, or its `section` ("stage1"/"stage2") when the file is
+// a model file's config that holds one. Errors name the file.
+nlohmann::json read_config_json(const std::string& path, const char* section);
 uint64_t file_size_or_zero(const std::string& path);
 // argv joined into one line with shell quoting where needed (for the PNG settings chunk).
 std::string join_command_line(const std::vector<std::string>& args);

@@ -416,7 +416,9 @@ int run_train(TrainCliOptions opt) {
       fail(opt.init, ": --init needs a text-to-image model file (config.stage2); this one is an image tokenizer only");
     cfg = stage2_config_from_json(mc["stage2"], opt.init + ": config.stage2");
   } else {
-    cfg = read_stage2_config_file(opt.config);
+    nlohmann::json j = read_config_json(opt.config, "stage2");  // "type" defaults to rq-transformer
+    if (j.is_object() && !j.contains("type")) j["type"] = kStage2RqTransformer;
+    cfg = stage2_config_from_json(j, opt.config);
   }
   const std::string cfg_name = opt.resume ? ckpt_path : !opt.init.empty() ? opt.init : opt.config;
   check_stage1_pairing(cfg, cfg_name, *stage1, s1path, codebook);

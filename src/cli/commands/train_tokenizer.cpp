@@ -143,15 +143,7 @@ Stage1Config preset_config(const std::string& name) {
 // type (rq-vae), in_channels/out_ch (3) and shared_codebook (true) may be left out, and a
 // vqgan's code_shape ([h, w, 1] of the latent).
 Stage1Config read_config_file(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) fail("--config: cannot read ", path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(f);
-  } catch (const std::exception& e) {
-    fail(path, ": not valid JSON (", e.what(), ")");
-  }
-  if (j.is_object() && j.contains("stage1")) j = j["stage1"];
+  nlohmann::json j = read_config_json(path, "stage1");
   if (!j.is_object()) fail(path, ": expected a JSON object with the stage-1 config, found ", j.dump());
   for (auto [k, v] : {std::pair<const char*, nlohmann::json>{"type", "rq-vae"}, {"in_channels", 3}, {"out_ch", 3},
                       {"shared_codebook", true}})
