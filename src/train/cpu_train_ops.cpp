@@ -9,6 +9,8 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "core/threads.h"
+#include "kernels/cpu/elementwise.h"
+#include "train/conv_ops.h"
 #include "train/train_ops.h"
 #include "train/transformer_ops.h"
 
@@ -157,6 +159,44 @@ class CpuTrainOps final : public TrainOps {
         }
       }
     });
+  }
+
+  void conv2d_fwd(const cpu::Conv2dShape& s, const float* x, const float* w, const float* b, float* y) override {
+    train::conv2d_forward(s, x, w, b, y);
+  }
+  void conv2d_bwd(const cpu::Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                  float* db) override {
+    train::conv2d_backward(s, x, w, dy, dx, dw, db);
+  }
+  void group_norm_fwd(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* rstd,
+                      int64_t B, int64_t C, int64_t S, int64_t G, float eps) override {
+    train::group_norm_forward(x, gamma, beta, y, mean, rstd, B, C, S, G, eps);
+  }
+  void group_norm_bwd(const float* x, const float* gamma, const float* mean, const float* rstd, const float* dy,
+                      float* dx, float* dgamma, float* dbeta, int64_t B, int64_t C, int64_t S, int64_t G) override {
+    train::group_norm_backward(x, gamma, mean, rstd, dy, dx, dgamma, dbeta, B, C, S, G);
+  }
+  void silu_fwd(const float* x, float* y, int64_t n) override { train::silu_forward(x, y, n); }
+  void silu_bwd(const float* x, const float* dy, float* dx, int64_t n) override { train::silu_backward(x, dy, dx, n); }
+  void upsample2x_fwd(const float* x, float* y, int64_t P, int64_t H, int64_t W) override {
+    train::upsample_nearest2x_forward(x, y, P, H, W);
+  }
+  void upsample2x_bwd(const float* dy, float* dx, int64_t P, int64_t H, int64_t W) override {
+    train::upsample_nearest2x_backward(dy, dx, P, H, W);
+  }
+  void spatial_attention_fwd(const float* q, const float* k, const float* v, float* out, float* probs, int64_t B,
+                             int64_t C, int64_t S) override {
+    train::attention_forward(q, k, v, out, probs, B, C, S);
+  }
+  void spatial_attention_bwd(const float* q, const float* k, const float* v, const float* probs, const float* dout,
+                             float* dq, float* dk, float* dv, int64_t B, int64_t C, int64_t S) override {
+    train::attention_backward(q, k, v, probs, dout, dq, dk, dv, B, C, S);
+  }
+  double mse(const float* y, const float* t, float* dy, int64_t n, float scale) override {
+    return train::mse_forward_backward(y, t, dy, n, scale);
+  }
+  void transpose(const float* x, float* y, int64_t B, int64_t R, int64_t S) override {
+    cpu::nchw_to_nhwc_forward(x, y, B, R, S);
   }
 
   double sum_squares(const float* x, int64_t n) override {

@@ -45,6 +45,7 @@ void ParamSet::to_device(TrainOps& ops) {
   if (&ops == &this->ops()) return;
   TrainOps& from = this->ops();
   for (auto& p : params_) {
+    if (p->host_only) continue;
     Tensor host = from.download(p->value);
     p->value = ops.upload(host);
     if (p->grad.defined()) p->grad = ops.zeros(p->grad.shape());
@@ -86,7 +87,7 @@ TensorMap ParamSet::values() const {
 TensorMap ParamSet::host_values() const {
   if (device() == Device::CPU) return values();
   TensorMap m;
-  for (auto& p : params_) m[p->name] = ops().download(p->value);
+  for (auto& p : params_) m[p->name] = p->value.device() == Device::CPU ? p->value : ops().download(p->value);
   return m;
 }
 
@@ -97,7 +98,10 @@ void ParamSet::load_values(const TensorMap& m, const std::string& source) {
       throw Error(source + ": tensor " + p->name + " has shape " + shape_str(t.shape()) + ", expected " +
                   shape_str(p->value.shape()));
     Tensor f = t.dtype() == DType::F32 ? t : t.to(DType::F32);
-    ops().write(p->value.data(), f.data(), p->value.nbytes());
+    if (p->value.device() == Device::CPU)
+      std::memcpy(p->value.data(), f.data(), p->value.nbytes());
+    else
+      ops().write(p->value.data(), f.data(), p->value.nbytes());
   }
 }
 

@@ -31,6 +31,9 @@ struct Param {
   Tensor value;  // f32
   Tensor grad;   // f32, same shape (undefined for buffers)
   ParamKind kind = ParamKind::weight;
+  // Stays in host memory when its ParamSet moves to a device (ParamSet::to_device): a buffer the
+  // host updates itself (the RQ-VAE's EMA codebook, whose quantizer runs on the host).
+  bool host_only = false;
 
   float* v() { return value.f32(); }
   float* g() { return grad.f32(); }
@@ -49,7 +52,7 @@ class ParamSet {
   int64_t num_trainable() const;  // elements of non-buffer params
 
   // Moves every value and gradient onto the device of `ops` (which ParamSet and AdamW then use
-  // for zero_grad, clip_grad_norm, the update). Parameters start on the CPU.
+  // for zero_grad, clip_grad_norm, the update), except host_only params. Parameters start on the CPU.
   void to_device(TrainOps& ops);
   TrainOps& ops() const;
   Device device() const;
@@ -62,7 +65,7 @@ class ParamSet {
 
   // Values by name (views, no copy) of parameters on the CPU (throws for device parameters).
   TensorMap values() const;
-  // Values by name on the host: views on the CPU, copies of device parameters.
+  // Values by name on the host: views of host parameters, copies of device ones.
   TensorMap host_values() const;
   // Copies values from `m` (every param must be present with its shape; f32/bf16/f16 accepted).
   // Errors name `source` and the tensor.

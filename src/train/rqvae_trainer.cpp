@@ -11,6 +11,7 @@
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/quantize.h"
 #include "train/conv_ops.h"
+#include "train/train_ops.h"
 
 namespace hwaga::train {
 
@@ -27,6 +28,7 @@ RqvaeTrainer::RqvaeTrainer(const Stage1Config& cfg, uint64_t seed, RqvaeTrainOpt
   codebook_ = &ps_.add(rqvae_codebook_key("weight"), {K + 1, E}, ParamKind::buffer);
   cluster_size_ = &ps_.add(rqvae_codebook_key("cluster_size_ema"), {K}, ParamKind::buffer);
   embed_ema_ = &ps_.add(rqvae_codebook_key("embed_ema"), {K, E}, ParamKind::buffer);
+  codebook_->host_only = cluster_size_->host_only = embed_ema_->host_only = true;  // the quantizer runs on the host
 
   // The trainable net must be exactly what a model file of this config holds.
   std::vector<TensorSpec> specs = stage1_tensor_specs(cfg);
@@ -43,9 +45,9 @@ RqvaeTrainer::RqvaeTrainer(const Stage1Config& cfg, uint64_t seed, RqvaeTrainOpt
 }
 
 TensorMap RqvaeTrainer::model_tensors() const {
-  TensorMap m;
-  for (auto& p : ps_.all())
-    if (p.get() != cluster_size_ && p.get() != embed_ema_) m[p->name] = p->value;
+  TensorMap m = ps_.host_values();  // views on the CPU, host copies of device params
+  m.erase(cluster_size_->name);
+  m.erase(embed_ema_->name);
   return m;
 }
 
@@ -57,7 +59,10 @@ void RqvaeTrainer::load_model_tensors(const TensorMap& m, const std::string& sou
       fail(source, ": tensor '", p->name, "' has shape ", shape_str(t.shape()), ", expected ",
            shape_str(p->value.shape()), " from the training config");
     Tensor f = t.dtype() == DType::F32 ? t : t.to(DType::F32);
-    std::memcpy(p->v(), f.data(), p->value.nbytes());
+    if (p->value.device() == Device::CPU)
+      std::memcpy(p->v(), f.data(), p->value.nbytes());
+    else
+      ps_.ops().write(p->v(), f.data(), p->value.nbytes());
   }
   const int64_t K = cfg_.n_embed, E = cfg_.embed_dim;
   std::memcpy(embed_ema_->v(), codebook_->v(), size_t(K * E) * sizeof(float));
@@ -187,47 +192,70 @@ void check_images(const Stage1Config& cfg, const Tensor& x) {
 }
 }  // namespace
 
-RqvaeStepStats RqvaeTrainer::train_step(const Tensor& x, uint64_t step_seed, const Stage1Terms* terms) {
-  check_images(cfg_, x);
+void RqvaeTrainer::to_device(TrainOps& ops) { ps_.to_device(ops); }
+
+namespace {
+// A host [N,E] tensor holding `v`.
+Tensor host_rows(const std::vector<float>& v, int64_t N, int64_t E) {
+  Tensor t = Tensor::empty({N, E});
+  std::memcpy(t.data(), v.data(), v.size() * sizeof(float));
+  return t;
+}
+}  // namespace
+
+RqvaeStepStats RqvaeTrainer::train_step(const Tensor& x_in, uint64_t step_seed, const Stage1Terms* terms) {
+  check_images(cfg_, x_in);
+  TrainOps& ops = ps_.ops();
+  const bool on_host = ops.device() == Device::CPU;
+  if (!on_host && terms && (terms->lpips || terms->gan))
+    fail("stage-1 training on ", ops.name(), ": the LPIPS and GAN terms run on the CPU only");
+  const Tensor x = on_device(ops, x_in);
   const int64_t B = x.dim(0), h = cfg_.net.latent_resolution(), E = cfg_.embed_dim, N = B * h * h;
   RqvaeStepStats st;
   Tensor ze = quant_conv_.forward(encoder_.forward(x));  // [B,E,h,w]
-  Tensor z = Tensor::empty({B, h, h, E});
-  cpu::nchw_to_nhwc_forward(ze.f32(), z.f32(), B, E, h * h);  // [B,h,w,E]
+  Tensor z = ops.empty({B, h, h, E});
+  ops.transpose(ze.f32(), z.f32(), B, E, h * h);  // [B,h,w,E]
+  const Tensor zh = to_host(ops, z);               // the quantizer and its EMA codebook live on the host
   std::vector<float> zq, dcommit;
-  quantize_train(z.f32(), N, step_seed, zq, dcommit, st);
+  quantize_train(zh.f32(), N, step_seed, zq, dcommit, st);
   last_codes_ = last_codes_.reshape({B, h, h, cfg_.depth()});
   // straight-through: the decoder reads S_D, its gradient goes to z unchanged
-  Tensor zin = Tensor::empty({B, E, h, h});
-  cpu::nhwc_to_nchw_forward(opt_.straight_through ? zq.data() : z.f32(), zin.f32(), B, h * h, E);
+  const Tensor zsrc = opt_.straight_through ? on_device(ops, host_rows(zq, N, E)) : z;
+  Tensor zin = ops.empty({B, E, h, h});
+  ops.transpose(zsrc.f32(), zin.f32(), B, h * h, E);
   Tensor xr = decoder_.forward(post_quant_conv_.forward(zin));  // [B,out,R,R]
-  Tensor dxr = Tensor::empty(xr.shape());
-  st.recon = mse_forward_backward(xr.f32(), x.f32(), dxr.f32(), xr.numel(), 1.0f);
+  Tensor dxr = ops.empty(xr.shape());
+  st.recon = ops.mse(xr.f32(), x.f32(), dxr.f32(), xr.numel(), 1.0f);
   st.loss = st.recon + double(opt_.commitment_weight) * st.commitment;
   if (terms) apply_stage1_terms(*terms, x, xr, dxr, decoder_.conv_out, st.terms);
   last_recon_ = xr;
 
   Tensor dz = post_quant_conv_.backward(decoder_.backward(dxr));  // [B,E,h,w]
-  Tensor dc = Tensor::empty({B, E, h, h});
-  cpu::nhwc_to_nchw_forward(dcommit.data(), dc.f32(), B, h * h, E);
-  add_inplace(dz.f32(), dc.f32(), dz.numel());
+  const Tensor dcn = on_device(ops, host_rows(dcommit, N, E));    // [B,h,w,E]
+  Tensor dc = ops.empty({B, E, h, h});
+  ops.transpose(dcn.f32(), dc.f32(), B, h * h, E);
+  ops.add(dz.f32(), dc.f32(), dz.f32(), dz.numel());
   encoder_.backward(quant_conv_.backward(dz));
   return st;
 }
 
-Tensor RqvaeTrainer::reconstruct(const Tensor& x, Tensor* codes_out) {
-  check_images(cfg_, x);
+Tensor RqvaeTrainer::reconstruct(const Tensor& x_in, Tensor* codes_out) {
+  check_images(cfg_, x_in);
+  TrainOps& ops = ps_.ops();
+  const Tensor x = on_device(ops, x_in);
   const int64_t B = x.dim(0), h = cfg_.net.latent_resolution(), E = cfg_.embed_dim, N = B * h * h;
   const int64_t K = cfg_.n_embed, D = cfg_.depth();
   Tensor ze = quant_conv_.forward(encoder_.forward(x, false), false);  // [B,E,h,w]
-  Tensor z = Tensor::empty({B, h, h, E});
-  cpu::nchw_to_nhwc_forward(ze.f32(), z.f32(), B, E, h * h);
+  Tensor z = ops.empty({B, h, h, E});
+  ops.transpose(ze.f32(), z.f32(), B, E, h * h);
+  Tensor zh = to_host(ops, z).clone();  // [B,h,w,E] on the host, where the codebook is
   Tensor codes = Tensor::empty({B, h, h, D}, DType::I32);
-  cpu::residual_quantize_forward(z.f32(), codebook_->v(), codes.ptr<int32_t>(), N, K, E, D);
-  cpu::embed_sum_forward(codes.ptr<int32_t>(), codebook_->v(), z.f32(), N, D, K, E);  // z_q [B,h,w,E]
-  cpu::nhwc_to_nchw_forward(z.f32(), ze.f32(), B, h * h, E);
+  cpu::residual_quantize_forward(zh.f32(), codebook_->v(), codes.ptr<int32_t>(), N, K, E, D);
+  cpu::embed_sum_forward(codes.ptr<int32_t>(), codebook_->v(), zh.f32(), N, D, K, E);  // z_q [B,h,w,E]
+  const Tensor zq = on_device(ops, zh);
+  ops.transpose(zq.f32(), ze.f32(), B, h * h, E);
   if (codes_out) *codes_out = codes;
-  return decoder_.forward(post_quant_conv_.forward(ze, false), false);
+  return to_host(ops, decoder_.forward(post_quant_conv_.forward(ze, false), false));
 }
 
 }  // namespace hwaga::train

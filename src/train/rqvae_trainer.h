@@ -74,11 +74,17 @@ class RqvaeTrainer {
   // (train/stage1_terms.h); the GAN's discriminator half runs after the optimizer step, on
   // last_recon().
   RqvaeStepStats train_step(const Tensor& images, uint64_t step_seed, const Stage1Terms* terms = nullptr);
-  // The reconstruction of the last train_step [B,out_ch,R,R].
+  // The reconstruction of the last train_step [B,out_ch,R,R], on the trainer's device.
   const Tensor& last_recon() const { return last_recon_; }
 
-  // Reconstruction with no update and no saved activations: [B,out_ch,R,R] (not clamped);
-  // codes (int32 [B,h,w,D]) when asked.
+  // Runs the encoder and decoder on the device of `ops` (a GPU: make_cuda_train_ops) from now on;
+  // call before the optimizer exists (AdamW follows the params). The quantizer and its EMA
+  // codebook stay on the host: each step moves z [N,E] down and S_D and the commitment gradient
+  // up. Pictures may be passed from the host. The LPIPS and GAN terms stay CPU-only.
+  void to_device(TrainOps& ops);
+
+  // Reconstruction with no update and no saved activations: host [B,out_ch,R,R] (not clamped);
+  // codes (host int32 [B,h,w,D]) when asked.
   Tensor reconstruct(const Tensor& images, Tensor* codes = nullptr);
 
   // The stage-1 tensors of a hwaga model file (what `hwaga convert rq-vae` writes): every

@@ -6,8 +6,8 @@
 #include <cmath>
 #include <cstring>
 
-#include "train/conv_ops.h"
 #include "train/data_parallel.h"
+#include "train/train_ops.h"
 
 namespace hwaga::train {
 
@@ -19,17 +19,20 @@ cpu::Conv2dShape conv_shape(const TrainConv2d& c, const Tensor& x) {
           c.pad_top, c.pad_left, c.pad_bottom, c.pad_right};
 }
 
-Tensor add(const Tensor& a, const Tensor& b) {
-  Tensor y = a.clone();
-  add_inplace(y.f32(), b.f32(), y.numel());
-  return y;
+TrainOps& ops_of(const ParamSet* ps) {
+  HWAGA_CHECK(ps, "taming module used before build()");
+  return ps->ops();
 }
+
+// y += x on the module's device
+void add_to(TrainOps& ops, Tensor& y, const Tensor& x) { ops.add(y.f32(), x.f32(), y.f32(), y.numel()); }
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // conv, norm
 
 void TrainConv2d::build(ParamSet& ps, const std::string& name, int ci, int co, int kk, int pad) {
+  this->ps = &ps;
   cin = ci;
   cout = co;
   k = kk;
@@ -40,8 +43,9 @@ void TrainConv2d::build(ParamSet& ps, const std::string& name, int ci, int co, i
 
 Tensor TrainConv2d::forward(const Tensor& in, bool save) {
   cpu::Conv2dShape s = conv_shape(*this, in);
-  Tensor y = Tensor::empty({s.B, cout, s.Ho(), s.Wo()});
-  train::conv2d_forward(s, in.f32(), weight->v(), bias->v(), y.f32());
+  TrainOps& ops = ops_of(ps);
+  Tensor y = ops.empty({s.B, cout, s.Ho(), s.Wo()});
+  ops.conv2d_fwd(s, in.f32(), weight->v(), bias->v(), y.f32());
   if (save) x = in;
   return y;
 }
@@ -49,13 +53,15 @@ Tensor TrainConv2d::forward(const Tensor& in, bool save) {
 Tensor TrainConv2d::backward(const Tensor& dy, bool need_dx) {
   HWAGA_CHECK(x.defined(), "conv backward without a saved forward");
   cpu::Conv2dShape s = conv_shape(*this, x);
-  Tensor dx = need_dx ? Tensor::empty(x.shape()) : Tensor();
-  conv2d_backward(s, x.f32(), weight->v(), dy.f32(), need_dx ? dx.f32() : nullptr, weight->g(), bias->g());
+  TrainOps& ops = ops_of(ps);
+  Tensor dx = need_dx ? ops.empty(x.shape()) : Tensor();
+  ops.conv2d_bwd(s, x.f32(), weight->v(), dy.f32(), need_dx ? dx.f32() : nullptr, weight->g(), bias->g());
   x = Tensor();
   return dx;
 }
 
 void TrainGroupNorm::build(ParamSet& ps, const std::string& name, int c, bool s) {
+  this->ps = &ps;
   C = c;
   silu = s;
   weight = &ps.add(name + ".weight", {c}, ParamKind::no_decay);
@@ -64,9 +70,10 @@ void TrainGroupNorm::build(ParamSet& ps, const std::string& name, int c, bool s)
 
 Tensor TrainGroupNorm::forward(const Tensor& in, bool save) {
   const int64_t B = in.dim(0), N = in.numel() / (B * C);
-  Tensor m = Tensor::empty({B * kTamingGroups}), r = Tensor::empty({B * kTamingGroups});
-  Tensor y = Tensor::empty(in.shape());
-  group_norm_forward(in.f32(), weight->v(), bias->v(), y.f32(), m.f32(), r.f32(), B, C, N, kTamingGroups,
+  TrainOps& ops = ops_of(ps);
+  Tensor m = ops.empty({B * kTamingGroups}), r = ops.empty({B * kTamingGroups});
+  Tensor y = ops.empty(in.shape());
+  ops.group_norm_fwd(in.f32(), weight->v(), bias->v(), y.f32(), m.f32(), r.f32(), B, C, N, kTamingGroups,
                      kTamingGnEps);
   if (save) {
     x = in;
@@ -74,8 +81,8 @@ Tensor TrainGroupNorm::forward(const Tensor& in, bool save) {
     rstd = r;
   }
   if (!silu) return y;
-  Tensor out = Tensor::empty(in.shape());
-  silu_forward(y.f32(), out.f32(), y.numel());
+  Tensor out = ops.empty(in.shape());
+  ops.silu_fwd(y.f32(), out.f32(), y.numel());
   if (save) u = y;
   return out;
 }
@@ -83,14 +90,15 @@ Tensor TrainGroupNorm::forward(const Tensor& in, bool save) {
 Tensor TrainGroupNorm::backward(const Tensor& dy) {
   HWAGA_CHECK(x.defined(), "group norm backward without a saved forward");
   const int64_t B = x.dim(0), N = x.numel() / (B * C);
-  Tensor dx = Tensor::empty(x.shape());
+  TrainOps& ops = ops_of(ps);
+  Tensor dx = ops.empty(x.shape());
   const float* g = dy.f32();
   if (silu) {
-    silu_backward(u.f32(), dy.f32(), dx.f32(), dx.numel());
+    ops.silu_bwd(u.f32(), dy.f32(), dx.f32(), dx.numel());
     g = dx.f32();
   }
-  group_norm_backward(x.f32(), weight->v(), mean.f32(), rstd.f32(), g, dx.f32(), weight->g(), bias->g(), B, C, N,
-                      kTamingGroups);
+  ops.group_norm_bwd(x.f32(), weight->v(), mean.f32(), rstd.f32(), g, dx.f32(), weight->g(), bias->g(), B, C, N,
+                     kTamingGroups);
   x = u = mean = rstd = Tensor();
   return dx;
 }
@@ -113,8 +121,13 @@ Tensor TrainResnetBlock::forward(const Tensor& x, bool save) {
   h = conv1.forward(h, save);         // [B,out,H,W]
   h = norm2.forward(h, save);         // [B,out,H,W]
   h = conv2.forward(h, save);         // [B,out,H,W]
-  if (in_ch != out_ch) return add(nin_shortcut.forward(x, save), h);
-  add_inplace(h.f32(), x.f32(), h.numel());
+  TrainOps& ops = ops_of(conv2.ps);
+  if (in_ch != out_ch) {
+    Tensor y = nin_shortcut.forward(x, save);
+    add_to(ops, y, h);
+    return y;
+  }
+  add_to(ops, h, x);
   return h;
 }
 
@@ -123,11 +136,12 @@ Tensor TrainResnetBlock::backward(const Tensor& dy) {
   d = norm2.backward(d);
   d = conv1.backward(d);          // [B,in,H,W]
   d = norm1.backward(d);
+  TrainOps& ops = ops_of(conv2.ps);
   if (in_ch != out_ch) {
     Tensor ds = nin_shortcut.backward(dy);
-    add_inplace(d.f32(), ds.f32(), d.numel());
+    add_to(ops, d, ds);
   } else {
-    add_inplace(d.f32(), dy.f32(), d.numel());
+    add_to(ops, d, dy);
   }
   return d;
 }
@@ -142,13 +156,14 @@ void TrainAttnBlock::build(ParamSet& ps, const std::string& name, int C) {
 
 Tensor TrainAttnBlock::forward(const Tensor& x, bool save) {
   const int64_t B = x.dim(0), C = x.dim(1), N = x.dim(2) * x.dim(3);
+  TrainOps& ops = ops_of(q.ps);
   Tensor n = norm.forward(x, save);  // [B,C,H,W]
   Tensor qq = q.forward(n, save);    // [B,C,H,W]
   Tensor kk = k.forward(n, save);
   Tensor vv = v.forward(n, save);
-  Tensor pp = Tensor::empty({B, N, N});
-  Tensor h = Tensor::empty(x.shape());
-  attention_forward(qq.f32(), kk.f32(), vv.f32(), h.f32(), pp.f32(), B, C, N);  // softmax(q^T k / sqrt(C)) over keys
+  Tensor pp = ops.empty({B, N, N});
+  Tensor h = ops.empty(x.shape());
+  ops.spatial_attention_fwd(qq.f32(), kk.f32(), vv.f32(), h.f32(), pp.f32(), B, C, N);  // softmax(q^T k / sqrt(C)) over keys
   if (save) {
     qt = qq;
     kt = kk;
@@ -156,23 +171,24 @@ Tensor TrainAttnBlock::forward(const Tensor& x, bool save) {
     p = pp;
   }
   h = proj_out.forward(h, save);  // [B,C,H,W]
-  add_inplace(h.f32(), x.f32(), h.numel());
+  add_to(ops, h, x);
   return h;
 }
 
 Tensor TrainAttnBlock::backward(const Tensor& dy) {
   const int64_t B = dy.dim(0), C = dy.dim(1), N = dy.dim(2) * dy.dim(3);
+  TrainOps& ops = ops_of(q.ps);
   Tensor dh = proj_out.backward(dy);
-  Tensor dq = Tensor::empty(dy.shape()), dk = Tensor::empty(dy.shape()), dv = Tensor::empty(dy.shape());
-  attention_backward(qt.f32(), kt.f32(), vt.f32(), p.f32(), dh.f32(), dq.f32(), dk.f32(), dv.f32(), B, C, N);
+  Tensor dq = ops.empty(dy.shape()), dk = ops.empty(dy.shape()), dv = ops.empty(dy.shape());
+  ops.spatial_attention_bwd(qt.f32(), kt.f32(), vt.f32(), p.f32(), dh.f32(), dq.f32(), dk.f32(), dv.f32(), B, C, N);
   qt = kt = vt = p = Tensor();
   Tensor dn = q.backward(dq);
   Tensor t = k.backward(dk);
-  add_inplace(dn.f32(), t.f32(), dn.numel());
+  add_to(ops, dn, t);
   t = v.backward(dv);
-  add_inplace(dn.f32(), t.f32(), dn.numel());
+  add_to(ops, dn, t);
   Tensor dx = norm.backward(dn);
-  add_inplace(dx.f32(), dy.f32(), dx.numel());
+  add_to(ops, dx, dy);
   return dx;
 }
 
@@ -189,16 +205,18 @@ Tensor TrainUpsample::forward(const Tensor& x, bool save) {
   const int64_t B = x.dim(0), C = x.dim(1);
   H = x.dim(2);
   W = x.dim(3);
-  Tensor u = Tensor::empty({B, C, 2 * H, 2 * W});
-  upsample_nearest2x_forward(x.f32(), u.f32(), B * C, H, W);  // [B,C,2H,2W]
+  TrainOps& ops = ops_of(conv.ps);
+  Tensor u = ops.empty({B, C, 2 * H, 2 * W});
+  ops.upsample2x_fwd(x.f32(), u.f32(), B * C, H, W);  // [B,C,2H,2W]
   return conv.forward(u, save);                               // [B,C,2H,2W]
 }
 
 Tensor TrainUpsample::backward(const Tensor& dy) {
   Tensor du = conv.backward(dy);
   const int64_t B = dy.dim(0), C = dy.dim(1);
-  Tensor dx = Tensor::empty({B, C, H, W});
-  upsample_nearest2x_backward(du.f32(), dx.f32(), B * C, H, W);
+  TrainOps& ops = ops_of(conv.ps);
+  Tensor dx = ops.empty({B, C, H, W});
+  ops.upsample2x_bwd(du.f32(), dx.f32(), B * C, H, W);
   return dx;
 }
 

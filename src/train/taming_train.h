@@ -1,7 +1,8 @@
-// The taming encoder / decoder (architecture.md §1.2-1.4) as a trainable net on the CPU: each
-// module registers its Params under the released key names, runs forward saving what its
-// backward needs, and backward turns dL/d(output) into dL/d(input) while adding its weight
-// gradients to the Params. Built on train/conv_ops.h.
+// The taming encoder / decoder (architecture.md §1.2-1.4) as a trainable net: each module
+// registers its Params under the released key names, runs forward saving what its backward
+// needs, and backward turns dL/d(output) into dL/d(input) while adding its weight gradients to
+// the Params. It runs on the ops of its ParamSet (train/train_ops.h's conv-net section: the CPU's
+// train/conv_ops.h, or a GPU after ParamSet::to_device); tensors live on that device.
 //
 //   ParamSet ps;
 //   TrainEncoder enc; enc.build(ps, "stage1.encoder.", cfg);   // registers tensors in state_dict order
@@ -21,6 +22,7 @@
 namespace hwaga::train {
 
 struct TrainConv2d {  // weight [Cout,Cin,k,k], bias [Cout]
+  ParamSet* ps = nullptr;  // whose ops() run the module
   Param* weight = nullptr;
   Param* bias = nullptr;
   int cin = 0, cout = 0, k = 1, stride = 1, pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
@@ -32,6 +34,7 @@ struct TrainConv2d {  // weight [Cout,Cin,k,k], bias [Cout]
 };
 
 struct TrainGroupNorm {  // GroupNorm(32, C, eps 1e-6), optionally followed by SiLU
+  ParamSet* ps = nullptr;
   Param* weight = nullptr;
   Param* bias = nullptr;
   int C = 0;

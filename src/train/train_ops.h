@@ -15,14 +15,18 @@
 // Work on a GPU is queued on one stream in call order; the calls that return a number to the host
 // (cross_entropy, sum_squares) and download/read wait for the queued work.
 //
+// Stage 1 (train/taming_train.h's encoder and decoder) runs on the "taming conv net" ops; their
+// contracts are those of train/conv_ops.h, whose functions the CPU implementation calls.
+//
 // Shape legend: N rows, C channels (row width), B batch, P positions, D depth, E codebook vector
-// dim, R positional rows.
+// dim, R positional rows; for the conv net NCHW [B,C,H,W] with S = H*W positions, G groups.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
 
 #include "core/tensor.h"
+#include "kernels/cpu/conv2d.h"
 
 namespace hwaga {
 class Backend;
@@ -101,6 +105,35 @@ class TrainOps {
   // (the running sum, accumulated in order).
   virtual void code_prefix_sums(const float* cb, const int32_t* codes, float* out, int64_t BP, int64_t D,
                                 int64_t E) = 0;
+
+  // ---- the taming conv net (train/conv_ops.h: same contracts, f32 NCHW) ----
+  // conv2d: x [B,Cin,H,W], w [Cout,Cin,kh,kw], b [Cout] (nullable) -> y [B,Cout,Ho,Wo].
+  virtual void conv2d_fwd(const cpu::Conv2dShape& s, const float* x, const float* w, const float* b, float* y) = 0;
+  // dx overwritten (nullable), dw and db accumulated (each nullable).
+  virtual void conv2d_bwd(const cpu::Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx,
+                          float* dw, float* db) = 0;
+  // GroupNorm with affine over x [B,C,S]: mean, rstd [B*G] saved (statistics in double).
+  virtual void group_norm_fwd(const float* x, const float* gamma, const float* beta, float* y, float* mean,
+                              float* rstd, int64_t B, int64_t C, int64_t S, int64_t G, float eps) = 0;
+  // dx overwritten (may alias dy), dgamma/dbeta accumulated.
+  virtual void group_norm_bwd(const float* x, const float* gamma, const float* mean, const float* rstd,
+                              const float* dy, float* dx, float* dgamma, float* dbeta, int64_t B, int64_t C,
+                              int64_t S, int64_t G) = 0;
+  virtual void silu_fwd(const float* x, float* y, int64_t n) = 0;
+  virtual void silu_bwd(const float* x, const float* dy, float* dx, int64_t n) = 0;  // dx may alias dy
+  // x [P,H,W] -> y [P,2H,2W]; backward sums the 4 copies.
+  virtual void upsample2x_fwd(const float* x, float* y, int64_t P, int64_t H, int64_t W) = 0;
+  virtual void upsample2x_bwd(const float* dy, float* dx, int64_t P, int64_t H, int64_t W) = 0;
+  // Single-head spatial attention over q, k, v [B,C,S] (AttnBlock): probs [B,S,S] saved.
+  virtual void spatial_attention_fwd(const float* q, const float* k, const float* v, float* out, float* probs,
+                                     int64_t B, int64_t C, int64_t S) = 0;
+  virtual void spatial_attention_bwd(const float* q, const float* k, const float* v, const float* probs,
+                                     const float* dout, float* dq, float* dk, float* dv, int64_t B, int64_t C,
+                                     int64_t S) = 0;
+  // mean((y - t)^2) to the host (double); dy = scale * 2 (y - t) / n when dy is not null.
+  virtual double mse(const float* y, const float* t, float* dy, int64_t n, float scale) = 0;
+  // [B,R,S] -> [B,S,R] (NCHW <-> NHWC).
+  virtual void transpose(const float* x, float* y, int64_t B, int64_t R, int64_t S) = 0;
 
   // ---- optimizer ----
   // Σ x[i]² in double (to the host). The CPU sums in index order.

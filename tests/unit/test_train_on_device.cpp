@@ -1,4 +1,4 @@
-// The device paths of stage-2 training (train/train_ops.h), checked on the CPU: a "device" whose
+// The device paths of training (train/train_ops.h), stage 2 and the RQ-VAE, checked on the CPU: a "device" whose
 // tensors are labelled CUDA but live in host memory and whose ops are the CPU ops. Everything the
 // trainers, ParamSet, AdamW and the checkpoints do differently for a device (moving parameters,
 // uploading batches, downloading logits and gradients, host copies for checkpoints, optimizer
@@ -12,6 +12,7 @@
 #include "train/mindalle_gpt_trainer.h"
 #include "train/optim.h"
 #include "train/rq_transformer_trainer.h"
+#include "train/rqvae_trainer.h"
 #include "train/train_ops.h"
 
 using namespace hwaga;
@@ -105,6 +106,39 @@ class LabelledHostOps final : public TrainOps {
   void code_prefix_sums(const float* cb, const int32_t* c, float* o, int64_t BP, int64_t D, int64_t E) override {
     cpu().code_prefix_sums(cb, c, o, BP, D, E);
   }
+  void conv2d_fwd(const cpu::Conv2dShape& s, const float* x, const float* w, const float* b, float* y) override {
+    cpu().conv2d_fwd(s, x, w, b, y);
+  }
+  void conv2d_bwd(const cpu::Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                  float* db) override {
+    cpu().conv2d_bwd(s, x, w, dy, dx, dw, db);
+  }
+  void group_norm_fwd(const float* x, const float* g, const float* b, float* y, float* m, float* r, int64_t B,
+                      int64_t C, int64_t S, int64_t G, float eps) override {
+    cpu().group_norm_fwd(x, g, b, y, m, r, B, C, S, G, eps);
+  }
+  void group_norm_bwd(const float* x, const float* g, const float* m, const float* r, const float* dy, float* dx,
+                      float* dg, float* db, int64_t B, int64_t C, int64_t S, int64_t G) override {
+    cpu().group_norm_bwd(x, g, m, r, dy, dx, dg, db, B, C, S, G);
+  }
+  void silu_fwd(const float* x, float* y, int64_t n) override { cpu().silu_fwd(x, y, n); }
+  void silu_bwd(const float* x, const float* dy, float* dx, int64_t n) override { cpu().silu_bwd(x, dy, dx, n); }
+  void upsample2x_fwd(const float* x, float* y, int64_t P, int64_t H, int64_t W) override {
+    cpu().upsample2x_fwd(x, y, P, H, W);
+  }
+  void upsample2x_bwd(const float* dy, float* dx, int64_t P, int64_t H, int64_t W) override {
+    cpu().upsample2x_bwd(dy, dx, P, H, W);
+  }
+  void spatial_attention_fwd(const float* q, const float* k, const float* v, float* o, float* p, int64_t B, int64_t C,
+                             int64_t S) override {
+    cpu().spatial_attention_fwd(q, k, v, o, p, B, C, S);
+  }
+  void spatial_attention_bwd(const float* q, const float* k, const float* v, const float* p, const float* d, float* dq,
+                             float* dk, float* dv, int64_t B, int64_t C, int64_t S) override {
+    cpu().spatial_attention_bwd(q, k, v, p, d, dq, dk, dv, B, C, S);
+  }
+  double mse(const float* y, const float* t, float* dy, int64_t n, float s) override { return cpu().mse(y, t, dy, n, s); }
+  void transpose(const float* x, float* y, int64_t B, int64_t R, int64_t S) override { cpu().transpose(x, y, B, R, S); }
   double sum_squares(const float* x, int64_t n) override { return cpu().sum_squares(x, n); }
   void adamw(float* w, const float* g, float* m, float* v, int64_t n, float decay, float b1, float b2, float ss,
              float ib, float eps) override {
@@ -237,4 +271,76 @@ TEST(TrainOnDevice, ParamsLoadAndMoveBack) {
   dev.to_device(cpu_train_ops());  // and back to the host
   EXPECT_EQ(dev.params().device(), Device::CPU);
   for (auto& p : src.params().all()) EXPECT_TRUE(same_bits(p->value, dev.params().get(p->name).value)) << p->name;
+}
+
+// The RQ-VAE on the labelled device: the encoder and decoder run through the device ops, the
+// quantizer and its EMA codebook stay on the host (host_only params). Three steps with code
+// restarts, AdamW and an attention level give the CPU run's bits; so do reconstruct, the model
+// tensors, a checkpoint and a fine-tune's load.
+TEST(TrainOnDevice, RqvaeGivesTheCpuBits) {
+  Stage1Config cfg;
+  cfg.type = "rq-vae";
+  cfg.net.ch = 32;
+  cfg.net.ch_mult = {1, 2};
+  cfg.net.num_res_blocks = 1;
+  cfg.net.attn_resolutions = {8};
+  cfg.net.resolution = 16;
+  cfg.net.z_channels = 8;
+  cfg.net.in_channels = cfg.net.out_ch = 3;
+  cfg.embed_dim = 6;
+  cfg.n_embed = 160;  // more codes than the batch's 128 vectors: restarts draw tiled, noisy residuals
+  cfg.code_shape = {8, 8, 3};
+  RqvaeTrainer cpu(cfg, 5), dev(cfg, 5);
+  LabelledHostOps ops;
+  dev.to_device(ops);
+  EXPECT_EQ(dev.params().get("stage1.decoder.conv_out.weight").value.device(), Device::CUDA);
+  EXPECT_EQ(dev.params().get(rqvae_codebook_key("embed_ema")).value.device(), Device::CPU);
+  const Tensor x = test::randn({2, 3, 16, 16}, 9, 0.8f);
+  AdamW a_cpu, a_dev;
+  int64_t restarted = 0;
+  for (int64_t step = 0; step < 3; ++step) {
+    for (auto* t : {&cpu, &dev}) t->params().zero_grad();
+    const RqvaeStepStats sc = cpu.train_step(x, 100 + uint64_t(step));
+    const RqvaeStepStats sd = dev.train_step(x, 100 + uint64_t(step));
+    EXPECT_EQ(sc.loss, sd.loss);
+    EXPECT_EQ(sc.commitment, sd.commitment);
+    EXPECT_EQ(sc.restarted, sd.restarted);
+    restarted += sc.restarted;
+    EXPECT_TRUE(same_bits(cpu.last_codes(), dev.last_codes()));
+    EXPECT_TRUE(same_bits(cpu.last_recon(), ops.download(dev.last_recon())));
+    for (size_t i = 0; i < cpu.params().all().size(); ++i) {
+      const Param& p = *cpu.params().all()[i];
+      const Param& q = *dev.params().all()[i];
+      if (p.grad.defined()) EXPECT_TRUE(same_bits(p.grad, ops.download(q.grad))) << "gradient of " << p.name;
+    }
+    EXPECT_EQ(cpu.params().clip_grad_norm(1.0f), dev.params().clip_grad_norm(1.0f));
+    a_cpu.step(cpu.params(), 1e-3f);
+    a_dev.step(dev.params(), 1e-3f);
+  }
+  EXPECT_GT(restarted, 0);
+  const TensorMap hv = dev.params().host_values();
+  for (auto& p : cpu.params().all()) EXPECT_TRUE(same_bits(p->value, hv.at(p->name))) << p->name;
+
+  RqvaeTrainer cpu2(cfg, 11);  // a CPU trainer that loads the device run's model
+  Tensor c1, c2;
+  const Tensor r_dev = dev.reconstruct(x, &c2);
+  EXPECT_EQ(r_dev.device(), Device::CPU);
+  const TensorMap mt = dev.model_tensors();
+  for (auto& [k, t] : mt) EXPECT_EQ(t.device(), Device::CPU) << k;
+  EXPECT_EQ(mt.count(rqvae_codebook_key("embed_ema")), 0u);
+  cpu2.load_model_tensors(mt, "device model");  // a fine-tune's start, on the CPU
+  const Tensor r_cpu = cpu2.reconstruct(x, &c1);
+  EXPECT_TRUE(same_bits(r_cpu, r_dev));
+  EXPECT_TRUE(same_bits(c1, c2));
+  RqvaeTrainer dev2(cfg, 6);
+  LabelledHostOps ops2;
+  dev2.to_device(ops2);
+  dev2.load_model_tensors(mt, "device model");  // and on the device
+  EXPECT_TRUE(same_bits(dev2.reconstruct(x), r_dev));
+
+  test::TempDir dir;
+  const std::string path = dir.p("s1.safetensors");
+  save_checkpoint(path, dev.params(), &a_dev, {}, {{"step", 3}});
+  const Checkpoint ck = read_checkpoint(path);
+  for (auto& [k, t] : hv) EXPECT_TRUE(same_bits(t, ck.tensors.at(k))) << k;
 }
