@@ -4,7 +4,11 @@
 thread count, in one run. Prints images/s of each and the ratio. Not a test.
 
   /usr/bin/python3 tools/bench_train_stage1.py [--hwaga build/hwaga] [--preset emoji64]
-      [--batch 8] [--steps 6] [--threads 2]
+      [--batch 8] [--steps 6] [--threads 2] [--device cpu|cuda]
+
+--device cuda trains on the GPU on both sides (hwaga train-tokenizer --device cuda: encoder and
+decoder on the GPU, the quantizer on the host; PyTorch's model and batch on the GPU, f32 without
+TF32), synchronising before each clock reading.
 
 The first step of each side is a warm-up and not timed. hwaga's figure is its whole step as the
 log reports it (data loading included: decode + crop of PNGs, a small share); PyTorch's is the
@@ -34,13 +38,14 @@ PRESETS = {
 }
 
 
-def bench_hwaga(hwaga, cfg, batch, steps, threads, tmp):
+def bench_hwaga(hwaga, cfg, batch, steps, threads, tmp, device="cpu"):
     shards = os.path.join(tmp, "shards")
     F.make_shards(shards, 2, max(16, batch * 2), cfg["resolution"])
     conf = F.write_config(os.path.join(tmp, "cfg.json"), cfg)
     work = os.path.join(tmp, "work")
     subprocess.run([hwaga, "train-tokenizer", "--shards", shards, "--config", conf, "--work-dir", work,
-                    "--steps", str(steps), "--batch", str(batch), "--lr", "1e-4", "--threads", str(threads)],
+                    "--steps", str(steps), "--batch", str(batch), "--lr", "1e-4", "--threads", str(threads),
+                    "--device", device],
                    check=True, capture_output=True, text=True)
     with open(os.path.join(work, "train.jsonl")) as f:
         rows = [json.loads(l) for l in f if '"img_per_s"' in l]
@@ -48,15 +53,20 @@ def bench_hwaga(hwaga, cfg, batch, steps, threads, tmp):
     return len(rates) / sum(1.0 / r for r in rates)  # images over total time
 
 
-def bench_torch(cfg, batch, steps, threads):
+def bench_torch(cfg, batch, steps, threads, device="cpu"):
     import torch
     import train_stage1_ref as R
     torch.set_num_threads(threads)
-    torch_blas.set_threads(threads)
+    if device == "cpu":
+        torch_blas.set_threads(threads)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    model = R.build(cfg)
+    model = R.build(cfg).to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.5, 0.9))
-    x = torch.rand(batch, 3, cfg["resolution"], cfg["resolution"]) * 2 - 1
+    x = (torch.rand(batch, 3, cfg["resolution"], cfg["resolution"]) * 2 - 1).to(device)
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     K, E, D = cfg["n_embed"], cfg["embed_dim"], cfg["code_shape"][2]
     N = batch * cfg["code_shape"][0] * cfg["code_shape"][1]
 
@@ -72,10 +82,12 @@ def bench_torch(cfg, batch, steps, threads):
     for s in range(steps):
         t0 = time.perf_counter()
         restart = [candidates() for _ in range(D)]  # (costs an extra encoder forward; not timed below)
+        sync()
         t1 = time.perf_counter()
         opt.zero_grad()
         R.train_step(model, x, restart)
         opt.step()
+        sync()
         times.append(time.perf_counter() - t1)
     t = times[1:]
     return batch * len(t) / sum(t)
@@ -88,20 +100,24 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--allow-reference-blas", action="store_true",
                     help="compare even when PyTorch would use the Netlib reference BLAS (tools/torch_blas.py)")
     a = ap.parse_args()
     import torch  # noqa: F401  (maps libblas.so.3, so that the check below sees which one)
-    torch_blas.check(a.threads, a.allow_reference_blas)
+    if a.device == "cpu":
+        torch_blas.check(a.threads, a.allow_reference_blas)
     cfg = PRESETS[a.preset]
-    print("config %s, batch %d, %d steps (first not timed), %d threads; load average %.2f" %
-          (a.preset, a.batch, a.steps, a.threads, os.getloadavg()[0]))
+    print("config %s, batch %d, %d steps (first not timed), %d threads, device %s; load average %.2f" %
+          (a.preset, a.batch, a.steps, a.threads, a.device, os.getloadavg()[0]))
     with tempfile.TemporaryDirectory(prefix="hwaga-bench-s1-") as tmp:
-        h = bench_hwaga(a.hwaga, cfg, a.batch, a.steps, a.threads, tmp)
+        h = bench_hwaga(a.hwaga, cfg, a.batch, a.steps, a.threads, tmp, a.device)
     print("hwaga   %.2f img/s" % h)
-    t = bench_torch(cfg, a.batch, a.steps, a.threads)
+    t = bench_torch(cfg, a.batch, a.steps, a.threads, a.device)
     print("PyTorch %.2f img/s" % t)
     print("ratio hwaga / PyTorch: %.2f" % (h / t))
+    print("RESULT impl=train_stage1 device=%s preset=%s batch=%d hwaga_img_s=%.1f torch_img_s=%.1f ratio=%.3f" %
+          (a.device, a.preset, a.batch, h, t, h / t))
 
 
 if __name__ == "__main__":

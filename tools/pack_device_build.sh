@@ -3,7 +3,8 @@
 # that can build nothing itself, and packs them with the shared libraries they need into
 # build-device/ (carried to that machine as is; /build*/ is git-ignored):
 #   build-device/bin/   test_cuda_ops test_cuda_transformer_ops test_cuda_t2i test_cuda_stage1 test_cuda_sampler
-#                       test_cuda_train_ops test_cuda_train bench_gpu_stage1 bench_gpu_t2i hwaga (stripped)
+#                       test_cuda_train_ops test_cuda_train test_cuda_train_stage1 bench_gpu_stage1 bench_gpu_t2i
+#                       hwaga (stripped)
 #   build-device/lib/   every shared library from `ldd` except glibc, libstdc++, libgcc, libm,
 #                       the CUDA driver and the CUDA libraries (cudart is static; cuBLAS/cuDNN
 #                       come from the device), or lib.tar.xz instead when lib/ would exceed the
@@ -15,7 +16,7 @@ BUILD="${1:-$ROOT/build-cuda}"
 OUTD="$ROOT/build-device"
 BUDGET_MIB=${BUDGET_MIB:-55}
 CORE=(test_cuda_ops test_cuda_transformer_ops test_cuda_t2i test_cuda_stage1 test_cuda_sampler test_cuda_train_ops
-      test_cuda_train bench_gpu_stage1 bench_gpu_t2i)
+      test_cuda_train test_cuda_train_stage1 bench_gpu_stage1 bench_gpu_t2i)
 TARGETS=("${CORE[@]}" hwaga)
 
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DHWAGA_CUDA=ON -DHWAGA_SANITIZE=OFF >/dev/null

@@ -10,12 +10,18 @@
 // kernels/cuda/train_ops.cu. Scratch memory comes from the backend's caching allocator; since all
 // work is on one stream, a scratch block released at the end of an op may be reused by the next
 // op's kernels without a sync.
+//
+// Stage 1's convolutions are im2col + cuBLAS per image (forward, dW, and dx through col2im), f32
+// without TF32 like the rest; the spatial attention is three strided-batched products around the
+// row softmax. (cuDNN's backward convolutions would be faster; this is the simple, checked path.)
 #include <cmath>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_context.h"
+#include "kernels/cuda/conv_train.cuh"
 #include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/softmax.cuh"
 #include "kernels/cuda/train_ops.cuh"
 #include "kernels/cuda/transformer_ops.cuh"
 #include "train/train_ops.h"
@@ -334,6 +340,130 @@ class CudaTrainOps final : public TrainOps {
     cuda::code_prefix_sums_f32(cb, codes, out, BP, D, E, ctx_.stream);
   }
 
+  // ---------------------------------------------------------------- the taming conv net
+
+  void conv2d_fwd(const cpu::Conv2dShape& s, const float* x, const float* w, const float* b, float* y) override {
+    const int64_t Ho = s.Ho(), Wo = s.Wo(), P = Ho * Wo, K2 = s.Cin * s.kh * s.kw;
+    HWAGA_CHECK(Ho >= 1 && Wo >= 1, "conv2d_fwd: empty output");
+    if (s.B == 0 || s.Cout == 0) return;
+    bind();
+    auto col_block = ctx_.scratch(size_t(K2 * P) * sizeof(float));
+    float* col = static_cast<float*>(col_block.get());
+    for (int64_t i = 0; i < s.B; ++i) {
+      im2col(s, x + i * s.Cin * s.H * s.W, col);
+      // y_i [Cout,P] = w [Cout,K2] col [K2,P]  ->  y_i^T = col^T w^T
+      sgemm(CUBLAS_OP_N, CUBLAS_OP_N, P, s.Cout, K2, 1.0f, col, P, w, K2, 0.0f, y + i * s.Cout * P, P);
+    }
+    if (b) cuda::add_bias_nchw_f32(y, b, s.B, s.Cout, P, ctx_.stream);
+  }
+
+  void conv2d_bwd(const cpu::Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                  float* db) override {
+    const int64_t Ho = s.Ho(), Wo = s.Wo(), P = Ho * Wo, K2 = s.Cin * s.kh * s.kw;
+    HWAGA_CHECK(Ho >= 1 && Wo >= 1, "conv2d_bwd: empty output");
+    if (s.B == 0) return;
+    bind();
+    if (db) cuda::channel_sum_nchw_f32(dy, db, s.B, s.Cout, P, ctx_.stream);
+    if (!dw && !dx) return;
+    auto col_block = ctx_.scratch(size_t(K2 * P) * sizeof(float));
+    float* col = static_cast<float*>(col_block.get());
+    for (int64_t i = 0; i < s.B; ++i) {
+      const float* dyi = dy + i * s.Cout * P;
+      if (dw) {  // dw [Cout,K2] += dy_i [Cout,P] col^T  ->  dw^T += col dy_i^T
+        im2col(s, x + i * s.Cin * s.H * s.W, col);
+        sgemm(CUBLAS_OP_T, CUBLAS_OP_N, K2, s.Cout, P, 1.0f, col, P, dyi, P, 1.0f, dw, K2);
+      }
+      if (dx) {  // dcol [K2,P] = w^T dy_i  ->  dcol^T = dy_i^T w
+        sgemm(CUBLAS_OP_N, CUBLAS_OP_T, P, K2, s.Cout, 1.0f, dyi, P, w, K2, 0.0f, col, P);
+        cuda::col2im_train_f32(col, dx + i * s.Cin * s.H * s.W, int(s.Cin), int(s.H), int(s.W), int(s.kh),
+                               int(s.kw), s.pad_top, s.pad_left, s.stride, int(Ho), int(Wo), ctx_.stream);
+      }
+    }
+  }
+
+  void group_norm_fwd(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* rstd,
+                      int64_t B, int64_t C, int64_t S, int64_t G, float eps) override {
+    bind();
+    cuda::group_norm_train_fwd_f32(x, gamma, beta, y, mean, rstd, B, C, S, G, eps, ctx_.stream);
+  }
+  void group_norm_bwd(const float* x, const float* gamma, const float* mean, const float* rstd, const float* dy,
+                      float* dx, float* dgamma, float* dbeta, int64_t B, int64_t C, int64_t S, int64_t G) override {
+    bind();
+    // the parameter sums first: dx may alias dy
+    if (dgamma || dbeta)
+      cuda::group_norm_train_bwd_params_f32(x, mean, rstd, dy, dgamma, dbeta, B, C, S, G, ctx_.stream);
+    cuda::group_norm_train_bwd_dx_f32(x, gamma, mean, rstd, dy, dx, B, C, S, G, ctx_.stream);
+  }
+  void silu_fwd(const float* x, float* y, int64_t n) override {
+    bind();
+    cuda::silu_f32(x, y, n, ctx_.stream);
+  }
+  void silu_bwd(const float* x, const float* dy, float* dx, int64_t n) override {
+    bind();
+    cuda::silu_bwd_f32(x, dy, dx, n, ctx_.stream);
+  }
+  void upsample2x_fwd(const float* x, float* y, int64_t P, int64_t H, int64_t W) override {
+    if (P * H * W == 0) return;
+    bind();
+    cuda::upsample_nearest2x_f32(x, y, P, int(H), int(W), ctx_.stream);
+  }
+  void upsample2x_bwd(const float* dy, float* dx, int64_t P, int64_t H, int64_t W) override {
+    bind();
+    cuda::upsample2x_bwd_f32(dy, dx, P, H, W, ctx_.stream);
+  }
+
+  // Row-major q_b, k_b, v_b [C,S] are column-major [S,C] with ld S; probs_b [S,S] row-major.
+  void spatial_attention_fwd(const float* q, const float* k, const float* v, float* out, float* probs, int64_t B,
+                             int64_t C, int64_t S) override {
+    if (B == 0 || S == 0) return;
+    bind();
+    const int64_t CS = C * S, SS = S * S;
+    const float scale = 1.0f / std::sqrt(float(C));  // the CPU's f32 constant
+    // P[i,j] = scale Σ_c q[c,i] k[c,j]  ->  P^T = k^T q (column-major)
+    sgemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, S, S, C, scale, k, S, CS, q, S, CS, 0.0f, probs, S, SS, B);
+    cuda::softmax_rows_f32(probs, B * S, S, ctx_.stream);
+    // out [C,S] = v P^T  ->  out^T = P v^T
+    sgemm_batched(CUBLAS_OP_T, CUBLAS_OP_N, S, C, S, 1.0f, probs, S, SS, v, S, CS, 0.0f, out, S, CS, B);
+  }
+  void spatial_attention_bwd(const float* q, const float* k, const float* v, const float* probs, const float* dout,
+                             float* dq, float* dk, float* dv, int64_t B, int64_t C, int64_t S) override {
+    if (B == 0 || S == 0) return;
+    bind();
+    const int64_t CS = C * S, SS = S * S;
+    const float scale = 1.0f / std::sqrt(float(C));
+    auto ds_block = ctx_.scratch(size_t(B * SS) * sizeof(float));
+    float* ds = static_cast<float*>(ds_block.get());
+    // dv [C,S] = dout P  ->  dv^T = P^T dout^T
+    sgemm_batched(CUBLAS_OP_N, CUBLAS_OP_N, S, C, S, 1.0f, probs, S, SS, dout, S, CS, 0.0f, dv, S, CS, B);
+    // dP [S,S] = dout^T v  ->  dP^T = v^T dout
+    sgemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, S, S, C, 1.0f, v, S, CS, dout, S, CS, 0.0f, ds, S, SS, B);
+    cuda::softmax_bwd_rows_f32(probs, ds, B * S, S, scale, ctx_.stream);  // dS = P (dP - Σ P dP) scale
+    // dq [C,S] = k dS^T  ->  dq^T = dS k^T
+    sgemm_batched(CUBLAS_OP_T, CUBLAS_OP_N, S, C, S, 1.0f, ds, S, SS, k, S, CS, 0.0f, dq, S, CS, B);
+    // dk [C,S] = q dS  ->  dk^T = dS^T q^T
+    sgemm_batched(CUBLAS_OP_N, CUBLAS_OP_N, S, C, S, 1.0f, ds, S, SS, q, S, CS, 0.0f, dk, S, CS, B);
+  }
+
+  double mse(const float* y, const float* t, float* dy, int64_t n, float scale) override {
+    HWAGA_CHECK(n > 0, "mse: no values");
+    bind();
+    const int parts = cuda::mse_parts(n);
+    auto part = ctx_.scratch(size_t(parts) * sizeof(double));
+    cuda::mse_f32(y, t, dy, 2.0f * scale / float(n), static_cast<double*>(part.get()), n, ctx_.stream);
+    std::vector<double> h(static_cast<size_t>(parts));
+    CUDA_CHECK(cudaMemcpyAsync(h.data(), part.get(), h.size() * sizeof(double), cudaMemcpyDeviceToHost, ctx_.stream));
+    CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    double sum = 0;
+    for (double v : h) sum += v;
+    return sum / double(n);
+  }
+
+  void transpose(const float* x, float* y, int64_t B, int64_t R, int64_t S) override {
+    if (B * R * S == 0) return;
+    bind();
+    cuda::transpose_f32(x, y, B, R, S, ctx_.stream);
+  }
+
   // ---------------------------------------------------------------- optimizer
 
   double sum_squares(const float* x, int64_t n) override {
@@ -396,6 +526,12 @@ class CudaTrainOps final : public TrainOps {
     CUBLAS_CHECK(cublasSgemmStridedBatched(ctx_.blas, ta, tb, as_int(m, "m"), as_int(n, "n"), as_int(k, "k"), &alpha,
                                            A, as_int(lda, "lda"), sa, B, as_int(ldb, "ldb"), sb, &beta, C,
                                            as_int(ldc, "ldc"), sc, as_int(batch, "batch")));
+  }
+
+  // One image of a convolution's input [Cin,H,W] -> col [Cin*kh*kw, Ho*Wo].
+  void im2col(const cpu::Conv2dShape& s, const float* x, float* col) {
+    cuda::im2col_train_f32(x, col, int(s.Cin), int(s.H), int(s.W), int(s.kh), int(s.kw), s.pad_top, s.pad_left,
+                           s.stride, int(s.Ho()), int(s.Wo()), ctx_.stream);
   }
 
   // n values rounded to bf16 in a scratch block (kept alive by the caller until the product is queued).

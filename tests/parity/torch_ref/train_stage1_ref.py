@@ -64,8 +64,8 @@ def quantize_train(cb, z, restart, decay=0.99, eps=1e-5):
         table = cb.weight[:K]
         base = r.pow(2).sum(1, keepdim=True) + table.pow(2).sum(1)[None, :]
         c = torch.addmm(base, r, table.t(), alpha=-2.0).argmin(1)
-        n = torch.zeros(K, dtype=z.dtype).index_add_(0, c, torch.ones_like(c, dtype=z.dtype))
-        s = torch.zeros(K, z.shape[1], dtype=z.dtype).index_add_(0, c, r)
+        n = torch.zeros(K, dtype=z.dtype, device=z.device).index_add_(0, c, torch.ones_like(c, dtype=z.dtype))
+        s = torch.zeros(K, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, c, r)
         cb.cluster_size_ema.mul_(decay).add_(n, alpha=1 - decay)
         cb.embed_ema.mul_(decay).add_(s, alpha=1 - decay)
         if restart[d] is not None:
