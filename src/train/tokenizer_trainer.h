@@ -6,7 +6,9 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "core/error.h"
 #include "train/rqvae_trainer.h"
+#include "train/train_ops.h"
 #include "train/vqgan_trainer.h"
 
 namespace hwaga::train {
@@ -31,6 +33,8 @@ class TokenizerTrainer {
   virtual nlohmann::json loss_options() = 0;          // recorded in the checkpoint's options
   // data parallel: what the trainer shares beyond the gradients (the RQ-VAE's EMA codebook)
   virtual void set_data_parallel(DataParallel*) {}
+  // Trains on the device of `ops` from now on (RqvaeTrainer::to_device); the VQGAN trains on the CPU only.
+  virtual void to_device(TrainOps& ops) = 0;
 };
 
 class RqvaeTokTrainer final : public TokenizerTrainer {
@@ -56,6 +60,7 @@ class RqvaeTokTrainer final : public TokenizerTrainer {
     return {{"commitment_weight", t_.options().commitment_weight}, {"decay", t_.options().decay}};
   }
   void set_data_parallel(DataParallel* dp) override { t_.set_data_parallel(dp); }
+  void to_device(TrainOps& ops) override { t_.to_device(ops); }
 
  private:
   RqvaeTrainer t_;
@@ -77,6 +82,9 @@ class VqganTokTrainer final : public TokenizerTrainer {
   void load_model_tensors(const TensorMap& m, const std::string& src) override { t_.load_model_tensors(m, src); }
   void dump_step(TensorMap& dump) const override { dump["codes"] = t_.last_codes().clone(); }
   void set_data_parallel(DataParallel* dp) override { t_.set_data_parallel(dp); }
+  void to_device(TrainOps& ops) override {
+    fail("stage-1 training on ", ops.name(), ": only the RQ-VAE trains on a GPU; train the VQGAN with --device cpu");
+  }
   nlohmann::json loss_options() override {
     const VqganTrainOptions& o = t_.options();
     return {{"recon", o.l1 ? "l1" : "mse"}, {"beta", o.beta}, {"legacy", o.legacy}};

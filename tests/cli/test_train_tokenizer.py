@@ -13,6 +13,7 @@ Agreement of one step with PyTorch is tests/parity/test_train_stage1.py.
 """
 import json
 import os
+import shutil
 import resource
 import signal
 import subprocess
@@ -248,7 +249,15 @@ class TrainTokenizerCLI(unittest.TestCase):
              "--disc-weight"),
             (["--shards", self.shards, "--config", self.cfg, "--steps", "1", "--gan", "--disc-start", "-1"], 2,
              "--disc-start"),
+            # the GPU loop trains the RQ-VAE with MSE + commitment in one process
+            (["--shards", self.shards, "--config", self.cfg, "--steps", "1", "--device", "cuda", "--gan"], 2,
+             "--device cuda: the GAN and LPIPS terms"),
+            (["--shards", self.shards, "--config", self.cfg, "--steps", "1", "--device", "cuda", "--dump-step",
+              os.path.join(t, "d.safetensors")], 2, "--dump-step needs --device cpu"),
         ]
+        if shutil.which("nvidia-smi") is None:  # no GPU: --device cuda says why before any step
+            cases.append((["--shards", self.shards, "--config", self.cfg, "--steps", "1", "--device", "cuda"], 1,
+                          "--device cuda: "))
         for args, rc, word in cases:
             with self.subTest(args=args):
                 w = self.work()

@@ -5,9 +5,9 @@
 //                       [--lpips VGG16.pth,LPIPS_HEADS.pth [--lpips-weight 1]]
 //                       [--gan [--disc-weight 0.75] [--disc-layers 2] [--disc-ndf 64] [--disc-start 0]]
 //                       [--stop-after K] [--resume] [-o model.safetensors] [--export-only] [--threads N]
-//                       [--world W --rank R --dist-addr HOST:PORT [--dist-timeout S]]
+//                       [--device cpu|cuda] [--world W --rank R --dist-addr HOST:PORT [--dist-timeout S]]
 //
-// Trains an image tokenizer (stage 1) on the CPU from tar shards: an RQ-VAE (architecture.md
+// Trains an image tokenizer (stage 1) from tar shards: an RQ-VAE (architecture.md
 // §1.6, §6.1; train/rqvae_trainer.h) or, when the config's type is "vqgan", minDALL-E's VQGAN
 // (§4.1; train/vqgan_trainer.h). Pictures resized on the short side to the config's resolution,
 // random crop, horizontal flip, in [-1,1]. RQ-VAE: loss = MSE + 0.25 commitment; EMA codebook
@@ -18,7 +18,13 @@
 // 4.5e-6 x batch, gives 3.6e-5 at batch 8).
 //
 // --matmul bf16 runs the convolutions' matrix products with bf16 inputs and f32 accumulation
-// (cpu::gemm_bf16); everything else stays f32.
+// (cpu::gemm_bf16); everything else stays f32. CPU only.
+//
+// --device cuda trains the RQ-VAE's encoder and decoder on the GPU (the same trainer over
+// train/train_ops.h's CUDA ops: convolutions as im2col + cuBLAS, f32); the quantizer and its EMA
+// codebook stay on the host, so a checkpoint, a resume and the export are the CPU's. One process,
+// MSE + commitment only (no --gan/--lpips, no --world > 1), no --matmul bf16. "auto" means the
+// CPU until the GPU loop has run against it on a lent GPU (tests/gpu/test_cuda_train_stage1.cpp).
 //
 // --lpips FILES adds the perceptual term (train/lpips.h) with --lpips-weight (1.0): VGG16's
 // features and LPIPS's heads from the user's weight files (nothing is downloaded).
@@ -77,6 +83,7 @@
 #include "train/optim.h"
 #include "train/rqvae_trainer.h"
 #include "train/tokenizer_trainer.h"
+#include "train/train_ops.h"
 #include "train/train_log.h"
 #include "train/transformer_ops.h"
 #include "kernels/cpu/gemm.h"
@@ -353,7 +360,21 @@ int run_train_tokenizer(TokOptions opt) {
   if (opt.disc.start < 0) usage_fail("--disc-start must be >= 0, got ", opt.disc.start);
   if (!opt.output.empty()) check_output_dir(opt.output, "-o");
   apply_common(opt.common);
-  if (opt.common.device == "cuda") usage_fail("--device cuda: hwaga train-tokenizer trains on the CPU");
+  // "auto" stays on the CPU until the GPU loop has been measured against it on a lent GPU
+  // (tests/gpu/test_cuda_train.cpp), as in hwaga train; --device cuda asks for it.
+  if (opt.common.device == "auto") opt.common.device = "cpu";
+  std::unique_ptr<TrainOps> gpu_ops;  // --device cuda: the encoder and decoder run on the GPU
+  if (opt.common.device == "cuda") {
+    if (opt.gan || !opt.lpips.empty())
+      usage_fail("--device cuda: the GAN and LPIPS terms train on the CPU only; drop --gan/--lpips or use --device cpu");
+    if (opt.dist.world > 1) usage_fail("--device cuda: train-tokenizer runs one process; --world must be 1");
+    if (opt.matmul != "f32") usage_fail("--matmul ", opt.matmul, ": the GPU's stage-1 products are f32 only");
+    if (!opt.dump_step.empty()) usage_fail("--dump-step needs --device cpu");
+    std::string why;
+    gpu_ops = make_cuda_train_ops(0, &why);
+    if (!gpu_ops) fail("--device cuda: the training ops are not available: ", why);
+    say("training on " + gpu_ops->name() + " (the quantizer and its EMA codebook on the host)");
+  }
 
   // ---- model ----
   Stage1Config cfg;
@@ -374,6 +395,7 @@ int run_train_tokenizer(TokOptions opt) {
   }
   std::unique_ptr<TokenizerTrainer> trp = make_tokenizer_trainer(cfg, opt.seed);
   TokenizerTrainer& tr = *trp;
+  if (gpu_ops) tr.to_device(*gpu_ops);  // before the optimizer state exists: AdamW follows the params
   AdamW adam(AdamWOptions{float(opt.beta1), float(opt.beta2), 1e-8f, 0.0f});
   std::unique_ptr<Lpips> lpips;
   if (!opt.lpips.empty()) {
