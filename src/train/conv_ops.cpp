@@ -11,6 +11,7 @@
 #include "core/threads.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/vec_math.h"
 #include "train/transformer_ops.h"
 
 namespace hwaga::train {
@@ -82,7 +83,10 @@ void col2im(const cpu::Conv2dShape& s, const float* dcol, int64_t b0, int64_t nb
             if (iy < 0 || iy >= s.H) continue;
             float* row = dst + iy * s.W - s.pad_left + kj;
             const float* d = src + oy * Wo;
-            for (int64_t ox = cr.begin; ox < cr.end; ++ox) row[ox * s.stride] += d[ox];
+            if (s.stride == 1)  // contiguous: vectorises
+              for (int64_t ox = cr.begin; ox < cr.end; ++ox) row[ox] += d[ox];
+            else
+              for (int64_t ox = cr.begin; ox < cr.end; ++ox) row[ox * s.stride] += d[ox];
           }
         }
     }
@@ -109,19 +113,20 @@ void conv2d_forward(const cpu::Conv2dShape& s, const float* x, const float* w, c
   const int64_t HoWo = s.Ho() * s.Wo(), CKK = s.Cin * s.kh * s.kw;
   HWAGA_CHECK(s.Ho() >= 1 && s.Wo() >= 1, "conv2d_forward: empty output");
   const int64_t nb = chunk_images(s);
-  std::vector<float> col(size_t(CKK * nb * HoWo)), yc(size_t(s.Cout * nb * HoWo));
+  std::vector<float> col(size_t(CKK * nb * HoWo)), yc(nb > 1 ? size_t(s.Cout * nb * HoWo) : 0);
   for (int64_t b0 = 0; b0 < s.B; b0 += nb) {
     const int64_t n = std::min(nb, s.B - b0), L = n * HoWo;
     im2col(s, x, b0, n, col.data());
-    // yc [Cout, L] = w [Cout, CKK] . col [CKK, L]
-    train_gemm(false, false, s.Cout, L, CKK, 1.0f, w, CKK, col.data(), L, 0.0f, yc.data(), L);
+    // out [Cout, L] = w [Cout, CKK] . col [CKK, L]; one image's [Cout, HoWo] is y's own layout
+    float* out = n == 1 ? y + b0 * s.Cout * HoWo : yc.data();
+    train_gemm(false, false, s.Cout, L, CKK, 1.0f, w, CKK, col.data(), L, 0.0f, out, L);
     parallel_for(s.Cout, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t co = c0; co < c1; ++co)
         for (int64_t i = 0; i < n; ++i) {
-          const float* src = yc.data() + co * L + i * HoWo;
+          const float* src = out + co * L + i * HoWo;
           float* dst = y + ((b0 + i) * s.Cout + co) * HoWo;
           const float bias = b ? b[co] : 0.0f;
-          for (int64_t j = 0; j < HoWo; ++j) dst[j] = src[j] + bias;
+          for (int64_t j = 0; j < HoWo; ++j) dst[j] = src[j] + bias;  // in place when n == 1
         }
     });
   }
@@ -132,19 +137,23 @@ void conv2d_backward(const cpu::Conv2dShape& s, const float* x, const float* w, 
   const int64_t Ho = s.Ho(), Wo = s.Wo(), HoWo = Ho * Wo, CKK = s.Cin * s.kh * s.kw;
   HWAGA_CHECK(Ho >= 1 && Wo >= 1, "conv2d_backward: empty output");
   const int64_t nb = chunk_images(s);
-  std::vector<float> col(size_t(CKK * nb * HoWo)), dyc(size_t(s.Cout * nb * HoWo));
+  std::vector<float> col(size_t(CKK * nb * HoWo)), dyc(nb > 1 ? size_t(s.Cout * nb * HoWo) : 0);
   for (int64_t b0 = 0; b0 < s.B; b0 += nb) {
     const int64_t n = std::min(nb, s.B - b0), L = n * HoWo;
-    // dyc [Cout, L]: the chunk's output gradients with images side by side
-    parallel_for(s.Cout, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t co = c0; co < c1; ++co)
-        for (int64_t i = 0; i < n; ++i)
-          std::memcpy(dyc.data() + co * L + i * HoWo, dy + ((b0 + i) * s.Cout + co) * HoWo, size_t(HoWo) * 4);
-    });
+    // g [Cout, L]: the chunk's output gradients with images side by side (one image: dy itself)
+    const float* g = dy + b0 * s.Cout * HoWo;
+    if (n > 1) {
+      parallel_for(s.Cout, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t co = c0; co < c1; ++co)
+          for (int64_t i = 0; i < n; ++i)
+            std::memcpy(dyc.data() + co * L + i * HoWo, dy + ((b0 + i) * s.Cout + co) * HoWo, size_t(HoWo) * 4);
+      });
+      g = dyc.data();
+    }
     if (db)
       parallel_for(s.Cout, 8, [&](int64_t c0, int64_t c1) {
         for (int64_t co = c0; co < c1; ++co) {
-          const float* r = dyc.data() + co * L;
+          const float* r = g + co * L;
           double acc = 0;
           for (int64_t j = 0; j < L; ++j) acc += r[j];
           db[co] += float(acc);
@@ -152,12 +161,12 @@ void conv2d_backward(const cpu::Conv2dShape& s, const float* x, const float* w, 
       });
     if (dw) {
       im2col(s, x, b0, n, col.data());
-      // dw [Cout, CKK] += dyc [Cout, L] . col^T [L, CKK]
-      train_gemm(false, true, s.Cout, CKK, L, 1.0f, dyc.data(), L, col.data(), L, 1.0f, dw, CKK);
+      // dw [Cout, CKK] += g [Cout, L] . col^T [L, CKK]
+      train_gemm(false, true, s.Cout, CKK, L, 1.0f, g, L, col.data(), L, 1.0f, dw, CKK);
     }
     if (dx) {
-      // dcol [CKK, L] = w^T [CKK, Cout] . dyc [Cout, L]  (into col, no longer needed)
-      train_gemm(true, false, CKK, L, s.Cout, 1.0f, w, CKK, dyc.data(), L, 0.0f, col.data(), L);
+      // dcol [CKK, L] = w^T [CKK, Cout] . g [Cout, L]  (into col, no longer needed)
+      train_gemm(true, false, CKK, L, s.Cout, 1.0f, w, CKK, g, L, 0.0f, col.data(), L);
       col2im(s, col.data(), b0, n, dx);
     }
   }
@@ -350,7 +359,17 @@ void silu_forward(const float* x, float* y, int64_t n) { cpu::silu_forward(x, y,
 
 void silu_backward(const float* x, const float* dy, float* dx, int64_t n) {
   parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
+    int64_t i = i0;
+#ifdef HWAGA_VEC_AVX2
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= i1; i += 8) {  // s = 1 / (1 + exp(-x)) with silu_forward's exp
+      const __m256 v = _mm256_loadu_ps(x + i);
+      const __m256 sg = _mm256_div_ps(one, _mm256_add_ps(one, cpu::exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+      const __m256 t = _mm256_add_ps(sg, _mm256_mul_ps(_mm256_mul_ps(v, sg), _mm256_sub_ps(one, sg)));
+      _mm256_storeu_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(dy + i), t));
+    }
+#endif
+    for (; i < i1; ++i) {
       const float s = 1.0f / (1.0f + std::exp(-x[i]));
       dx[i] = dy[i] * (s + x[i] * s * (1.0f - s));
     }
