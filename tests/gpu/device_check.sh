@@ -13,13 +13,13 @@
 #      steps on the GPU against the same steps on the CPU: losses, gradients, AdamW updates,
 #      checkpoints moving between the devices, NCCL with one rank where libnccl.so.2 is found),
 #      test_cuda_train_stage1 (each taming conv-net training op, then RQ-VAE steps, GPU vs CPU)
-#   3. tools/bench_train_stage2.py --device cuda: stage-2 training tokens/s, hwaga vs PyTorch (f32, bf16);
-#      tools/bench_train_stage1.py --device cuda: RQ-VAE training pictures/s, hwaga vs PyTorch
+#   3. tools/bench_train_stage2.py --device cuda: stage-2 training tokens/s, hwaga vs PyTorch (f32, bf16)
 #   3b. bench_gpu_stage1 (hwaga: RQ-VAE / VQGAN decode + encode, batch 1 and 64, f32 and bf16 weights,
 #      card copy bandwidth and cuBLASLt 8192^3 rates)
 #   4. bench_gpu_t2i (hwaga: rq-3.9b and mindalle-1.3b code generation, random bf16 weights,
 #      batch 1, 64 and a larger one when time allows)
 #   5. tests/gpu/torch_stage1_bench.py and tests/gpu/torch_t2i_bench.py (PyTorch on the same shapes)
+#   5b. tools/bench_train_stage1.py --device cuda (RQ-VAE training pictures/s, hwaga vs PyTorch), if time is left
 #   6. a short table (always printed; also $OUT/device_check.txt, with the logs, when $OUT is set)
 # usage, from the repository root:  bash tests/gpu/device_check.sh [build-device]
 set -u
@@ -108,14 +108,15 @@ for mm in f32 bf16; do
   stage bench_train_$mm 75 python3 "$ROOT/tools/bench_train_stage2.py" --hwaga "$PACK/bin/hwaga" --device cuda \
     --threads 4 --embed-dim 512 --body 8 --head 4 --heads 8 --context 32 --batch 32 --steps 30 --matmul $mm
 done
-# stage-1 (RQ-VAE) training throughput, hwaga train-tokenizer --device cuda against PyTorch on the GPU
-stage bench_train_s1 60 python3 "$ROOT/tools/bench_train_stage1.py" --hwaga "$PACK/bin/hwaga" --device cuda \
-  --threads 4 --preset emoji64 --batch 32 --steps 8
 stage bench_hwaga 60 "$PACK/bin/bench_gpu_stage1" --iters 3
 # bench_gpu_t2i stops starting new runs after --budget s (building 3.9B random weights included).
 stage bench_t2i 130 "$PACK/bin/bench_gpu_t2i" --budget 110
 stage bench_torch 60 python3 "$ROOT/tests/gpu/torch_stage1_bench.py" --iters 3
 stage bench_torch_t2i 90 python3 "$ROOT/tests/gpu/torch_t2i_bench.py" --budget 75
+# last, in whatever time is left: stage-1 (RQ-VAE) training throughput, hwaga train-tokenizer
+# --device cuda against PyTorch on the GPU
+stage bench_train_s1 60 python3 "$ROOT/tools/bench_train_stage1.py" --hwaga "$PACK/bin/hwaga" --device cuda \
+  --threads 4 --preset emoji64 --batch 32 --steps 8
 
 # --- the table ---
 python3 - "$WORK" > "$WORK/table.txt" <<'PY' || echo "(table script failed)" > "$WORK/table.txt"
