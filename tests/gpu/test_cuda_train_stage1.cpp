@@ -5,7 +5,7 @@
 //
 // Tolerances. f32 without TF32 on both sides; the GPU sums in other orders (cuBLAS tiles, block
 // trees), so a result differs by a few f32 roundings per accumulation: each op's output within
-// 1e-5 of its scale (max|gpu-cpu| / max|cpu|), reductions in double (GroupNorm statistics, bias
+// 1e-5 of its scale (gputest::rel_err: max|gpu-cpu| / max|cpu|), reductions in double (GroupNorm statistics, bias
 // and gain sums, MSE) within 1e-5 too. A whole step chains ~40 ops: the encoder output agrees to
 // ~1e-5, which leaves the quantizer's argmin unchanged unless two codes are within that distance;
 // the test requires 99% of the codes equal and, where all are, the loss within 1e-4 and the
@@ -26,22 +26,13 @@ using namespace hwaga::train;
 
 namespace {
 
-double scaled_diff(const Tensor& a, const Tensor& b) {
-  double dmax = 0, amax = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    dmax = std::max(dmax, double(std::fabs(a.f32()[i] - b.f32()[i])));
-    amax = std::max(amax, double(std::fabs(a.f32()[i])));
-  }
-  return amax > 0 ? dmax / amax : dmax;
-}
-
 // The same op on the CPU and the GPU: inputs uploaded, outputs downloaded and compared.
 struct Twin {
   TrainOps& gpu;
   TrainOps& cpu = cpu_train_ops();
   Tensor up(const Tensor& t) { return gpu.upload(t); }
   void expect(const Tensor& c, const Tensor& g, double tol, const char* what) {
-    EXPECT_LE(scaled_diff(c, gpu.download(g)), tol) << what;
+    EXPECT_LE(gputest::rel_err(gpu.download(g), c), tol) << what;
   }
 };
 
@@ -181,16 +172,16 @@ TEST(CudaTrainStage1, RqvaeStepsMatchTheCpu) {
     }
     EXPECT_NEAR(sg.loss, sc.loss, 1e-4 * sc.loss);
     EXPECT_NEAR(sg.recon, sc.recon, 1e-4 * sc.recon);
-    EXPECT_LE(scaled_diff(cpu.last_recon(), ops.download(gpu.last_recon())), 1e-4);
+    EXPECT_LE(gputest::rel_err(ops.download(gpu.last_recon()), cpu.last_recon()), 1e-4);
     for (size_t i = 0; i < cpu.params().all().size(); ++i) {
       const Param& a = *cpu.params().all()[i];
       const Param& b = *gpu.params().all()[i];
-      if (a.grad.defined()) EXPECT_LE(scaled_diff(a.grad, ops.download(b.grad)), 2e-3) << "gradient of " << a.name;
+      if (a.grad.defined()) EXPECT_LE(gputest::rel_err(ops.download(b.grad), a.grad), 2e-3) << "gradient of " << a.name;
     }
     a_cpu.step(cpu.params(), 1e-3f);
     a_gpu.step(gpu.params(), 1e-3f);
   }
   const Tensor rc = cpu.reconstruct(x), rg = gpu.reconstruct(x);
   EXPECT_EQ(rg.device(), Device::CPU);
-  EXPECT_LE(scaled_diff(rc, rg), 1e-2);  // after three updates (Adam amplifies tiny differences)
+  EXPECT_LE(gputest::rel_err(rg, rc), 1e-2);  // after three updates (Adam amplifies tiny differences)
 }
