@@ -248,7 +248,7 @@ Tensor RqvaeTrainer::reconstruct(const Tensor& x_in, Tensor* codes_out) {
   Tensor ze = quant_conv_.forward(encoder_.forward(x, false), false);  // [B,E,h,w]
   Tensor z = ops.empty({B, h, h, E});
   ops.transpose(ze.f32(), z.f32(), B, E, h * h);
-  Tensor zh = to_host(ops, z).clone();  // [B,h,w,E] on the host, where the codebook is
+  Tensor zh = to_host(ops, z);  // [B,h,w,E] on the host, where the codebook is (z is not needed again)
   Tensor codes = Tensor::empty({B, h, h, D}, DType::I32);
   cpu::residual_quantize_forward(zh.f32(), codebook_->v(), codes.ptr<int32_t>(), N, K, E, D);
   cpu::embed_sum_forward(codes.ptr<int32_t>(), codebook_->v(), zh.f32(), N, D, K, E);  // z_q [B,h,w,E]

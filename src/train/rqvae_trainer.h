@@ -1,4 +1,5 @@
-// Training an RQ-VAE (stage 1 of rq-vae-transformer) on the CPU (architecture.md §1, §6.1):
+// Training an RQ-VAE (stage 1 of rq-vae-transformer) on the CPU or, after to_device, with its
+// encoder and decoder on a GPU (architecture.md §1, §6.1):
 //
 //   images [B,3,R,R] -> encoder -> quant_conv -> z [B,h,w,E] (NHWC)
 //   -> residual quantization over the shared EMA codebook, depth D -> S_D (sum of the D codes)
