@@ -82,8 +82,7 @@ Tensor RqTransformer::spatial_input(const Tensor& codes, const Tensor& pos_bias)
   return be_.add_rows(u, pos_bias);                                   // + pos_emb_hw[p] + D b_in
 }
 
-Tensor RqTransformer::depth_input(const Tensor& codes_prefix, int d) {
-  Tensor cum = be_.embed_sum(be_.upload(codes_prefix, DType::I32), codebook_);  // [N,E] = e_0 + .. + e_{d-1}
+Tensor RqTransformer::depth_input(const Tensor& cum, int d) {
   Tensor v = be_.linear(cum, w_.head_mlp_weight, w_.head_mlp_bias);           // [N,C]
   return be_.add_rows(v, w_.pos_emb_d.slice0(d, d + 1));                      // + pos_emb_d[d]
 }
@@ -125,7 +124,8 @@ Tensor RqTransformer::logits_teacher_forced(const Tensor& cond, const Tensor& co
 
   // head: D slots per position
   std::vector<Tensor> slots{be_.add_rows(h, w_.pos_emb_d.slice0(0, 1))};
-  for (int d = 1; d < D; ++d) slots.push_back(depth_input(code_prefix(flat, d), d));
+  for (int d = 1; d < D; ++d)  // e_0 + .. + e_{d-1} of each position
+    slots.push_back(depth_input(be_.embed_sum(be_.upload(code_prefix(flat, d), DType::I32), codebook_), d));
   idx.clear();
   for (int64_t r = 0; r < B * P; ++r)
     for (int64_t d = 0; d < D; ++d) idx.push_back(int32_t(d * B * P + r));
@@ -140,7 +140,7 @@ Tensor RqTransformer::sample(const Tensor& cond, int64_t first, int64_t n, const
                              const std::function<void(int)>& step_done) {
   const int64_t C = cfg_.embed_dim, P = int64_t(cfg_.H()) * cfg_.W(), D = cfg_.D(), L = cfg_.block_size_cond;
   const int64_t hd = C / cfg_.n_head;
-  StepSampler sampler(opt, SamplerSemantics::RqTransformer, int(D), cfg_.vocab_size, first, n);
+  StepSampler sampler(be_, opt, SamplerSemantics::RqTransformer, int(D), cfg_.vocab_size, first, n, P);
   const int R = sampler.rows_per_candidate();
   HWAGA_CHECK(cond.ndim() == 2 && cond.dim(0) == R, "rq-transformer: sample expects ", R, " condition rows, found ",
               shape_str(cond.shape()));
@@ -159,37 +159,48 @@ Tensor RqTransformer::sample(const Tensor& cond, int64_t first, int64_t n, const
     h_prefix = be_.embedding(out.reshape({R * L, C}), ids_tensor(last));  // [R,C]
     gather_stack_caches(be_, body, prefix, rows);                         // replicated for the candidates
   }
+  for (auto& c : body) c.len_counter = be_.counter_new(int32_t(c.len));
   auto head = new_stack_caches(be_, w_.head_transformer_blocks.size(), M, cfg_.n_head, D, hd);
-
-  Tensor codes = Tensor::zeros({n, cfg_.H(), cfg_.W(), D}, DType::I32);  // [n,H,W,D], filled in place
-  int32_t* cp = codes.ptr<int32_t>();
-  Tensor row_codes = Tensor::empty({M, D}, DType::I32);  // the codes of each row at the current position
-  std::vector<int32_t> picked(static_cast<size_t>(n));
   const Tensor row_ids = ids_tensor(rows);
-  int step = 0;
-  for (int64_t p = 0; p < P; ++p) {
+
+  // Position p: the body token of the codes at p-1 (sampler.row_codes(), on the backend), then D
+  // depth tokens, each followed by its draw. Everything that moves with p is read on the backend
+  // (the step counter p, the body caches' len_counter), so one position is a graph for all.
+  auto position = [&](int64_t p) {
     Tensor h;  // [M,C]: spatial context of position p
     if (p == 0) {
       h = be_.embedding(h_prefix, row_ids);
     } else {
+      for (auto& c : body) c.len = L + p - 1;
       // one new body token per row: u_{p-1} from all D codes sampled at p-1
-      Tensor u = spatial_input(row_codes, w_.pos_emb_hw_plus_input_bias.slice0(p - 1, p));  // [M,C]
+      Tensor e = be_.gather_sum(codebook_, sampler.row_codes(), int(D));  // [M,E] = Σ_d codebook[c_d]
+      Tensor u = be_.linear(e, w_.input_mlp_weight, Tensor());           // [M,C] = W_in Σ_d e_d
+      u = be_.add_row_at(u, w_.pos_emb_hw_plus_input_bias, sampler.step_counter(), -1);  // + pos_emb_hw[p-1] + D b_in
       h = gpt_stack_forward(be_, w_.body_transformer_blocks, u.reshape({M, 1, C}), body, cfg_.n_head, kStage2LnEps)
               .reshape({M, C});
     }
     for (auto& c : head) c.len = 0;  // the depth cache starts empty at every position
     for (int64_t d = 0; d < D; ++d) {
-      Tensor v = d == 0 ? be_.add_rows(h, w_.pos_emb_d.slice0(0, 1)) : depth_input(code_prefix(row_codes, int(d)), int(d));
+      Tensor v;
+      if (d == 0) {
+        v = be_.add_rows(h, w_.pos_emb_d.slice0(0, 1));
+      } else {
+        v = depth_input(be_.gather_sum(codebook_, sampler.row_codes(), int(d)), int(d));  // e_0 + .. + e_{d-1}
+      }
       Tensor o = gpt_stack_forward(be_, w_.head_transformer_blocks, v.reshape({M, 1, C}), head, cfg_.n_head,
                                    kStage2LnEps);
-      sampler.pick(be_, classify(o.reshape({M, C})), int(d), picked.data());
-      for (int64_t m = 0; m < M; ++m) row_codes.ptr<int32_t>()[m * D + d] = picked[size_t(m % n)];
-      for (int64_t i = 0; i < n; ++i) cp[(i * P + p) * D + d] = picked[size_t(i)];
-      if (step_done) step_done(step);
-      ++step;
+      sampler.pick(classify(o.reshape({M, C})), int(d));
     }
-  }
-  return codes;
+    sampler.next_step();
+  };
+  auto position_done = [&](int64_t p) {
+    if (step_done)
+      for (int64_t d = 0; d < D; ++d) step_done(int(p * D + d));
+  };
+  position(0);  // no body token: not the step a graph records
+  position_done(0);
+  run_steps(be_, 1, P, opt.step_graphs, position, position_done);
+  return sampler.finish().reshape({n, cfg_.H(), cfg_.W(), D});
 }
 
 }  // namespace hwaga

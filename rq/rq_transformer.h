@@ -65,8 +65,8 @@ class RqTransformer final : public Stage2Model {
   // u [N,C] = W_in Σ_d codebook[codes[n,d]] + pos_bias[n % R] for codes host int32 [N,D] and
   // pos_bias [R,C] = rows of pos_emb_hw_plus_input_bias.
   Tensor spatial_input(const Tensor& codes, const Tensor& pos_bias);
-  // head_mlp(Σ_{i<d} e_i) + pos_emb_d[d] for codes host int32 [N,d], d >= 1 -> [N,C].
-  Tensor depth_input(const Tensor& codes_prefix, int d);
+  // head_mlp(cum) + pos_emb_d[d] for cum [N,E] = Σ_{i<d} e_i, d >= 1 -> [N,C].
+  Tensor depth_input(const Tensor& cum, int d);
   // LayerNorm + linear: o [N,C] -> logits [N,K].
   Tensor classify(const Tensor& o);
 

@@ -360,6 +360,7 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(SampleRowsArgs a)
   // ---- 7. the draw ----
   __syncthreads();  // the segments below cross the threads' element sets
   uint64_t seed = a.seed, stream = a.stream0 + uint64_t(row), pos = a.pos0;
+  if (a.step_dev) pos += uint64_t(*a.step_dev) * uint64_t(a.pos_per_step);
   if (a.philox_rows) {
     seed = a.philox_rows[3 * size_t(row)];
     stream = a.philox_rows[3 * size_t(row) + 1];
@@ -415,6 +416,27 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(SampleRowsArgs a)
   }
 }
 
+// One thread per logit row m of a step: candidate m % n's draw goes into row_codes[m, d] and,
+// for m < n, into out[m, *step, d]; a failed draw writes code 0 and the first failure is kept.
+__global__ void sample_scatter_kernel(SampleScatterArgs a) {
+  const int m = blockIdx.x * blockDim.x + threadIdx.x;
+  if (m >= a.M) return;
+  const int i = m % a.n;
+  const int32_t* r = a.res + 4 * i;
+  const bool ok = r[1] == kSampleOk && r[0] >= 0 && r[0] < a.K;
+  const int32_t code = ok ? r[0] : 0;
+  a.row_codes[int64_t(m) * a.D + a.d] = code;
+  if (m >= a.n) return;
+  int64_t step = *a.step_dev;
+  step = step < 0 ? 0 : (step >= a.S ? a.S - 1 : step);
+  a.out[(int64_t(i) * a.S + step) * a.D + a.d] = code;
+  atomicAdd(&a.status[3], r[3]);
+  if (!ok && atomicCAS(&a.status[0], 0, r[1] != kSampleOk ? r[1] : int32_t(kSampleInternal)) == 0) {
+    a.status[1] = r[2];
+    a.status[2] = a.K;
+  }
+}
+
 int static_smem_bytes() {
   static int bytes = [] {
     cudaFuncAttributes attr{};
@@ -450,6 +472,14 @@ void sample_rows_f32(const SampleRowsArgs& a, cudaStream_t s) {
   if (dyn > 48 * 1024)
     CUDA_CHECK(cudaFuncSetAttribute(sample_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(dyn)));
   sample_rows_kernel<<<unsigned(a.n), kThreads, dyn, s>>>(a);
+  CUDA_CHECK_LAUNCH();
+}
+
+void sample_scatter(const SampleScatterArgs& a, cudaStream_t s) {
+  if (a.M == 0) return;
+  HWAGA_CHECK(a.n >= 1 && a.M % a.n == 0 && a.d >= 0 && a.d < a.D && a.S >= 1, "sample_scatter: ", a.M, " rows, ", a.n,
+              " candidates, depth ", a.d, " of ", a.D, ", ", a.S, " steps");
+  sample_scatter_kernel<<<unsigned((a.M + 127) / 128), 128, 0, s>>>(a);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -139,6 +139,24 @@ struct SampleRowsArgs {
   // when philox_rows (device [n,3] uint64: seed, stream, position) is set, the row's own triple.
   uint64_t seed = 0, stream0 = 0, pos0 = 0;
   const uint64_t* philox_rows = nullptr;
+  // With step_dev (device int32) set, every row's word position is pos0 + *step_dev * pos_per_step
+  // (read when the kernel runs: a recorded sampling step replays at the current step).
+  const int32_t* step_dev = nullptr;
+  int64_t pos_per_step = 0;
+};
+
+// The codes of one draw into a sampling loop's device state (Backend::SampleTarget): res [n,4]
+// as sample_rows_f32 writes it; row m of the M = R*n logit rows gets candidate m % n's code in
+// row_codes [M,D] column d, candidate i's code goes to out [n,S,D] at step *step_dev, depth d.
+// A failed draw writes code 0; the first failure sets status[0..2] = {status, logit index, K},
+// and status[3] accumulates the NaN counts.
+struct SampleScatterArgs {
+  const int32_t* res = nullptr;
+  int32_t* row_codes = nullptr;
+  int32_t* out = nullptr;
+  int32_t* status = nullptr;
+  const int32_t* step_dev = nullptr;
+  int n = 0, M = 0, D = 0, d = 0, S = 0, K = 0;
 };
 
 // Bytes of device scratch `work` must point to for rows of K logits: 0 when one row fits in
@@ -146,5 +164,6 @@ struct SampleRowsArgs {
 size_t sample_rows_work_bytes(int n, int K);
 // Launches one block per sampled row on `s`.
 void sample_rows_f32(const SampleRowsArgs& a, cudaStream_t s);
+void sample_scatter(const SampleScatterArgs& a, cudaStream_t s);
 
 }  // namespace hwaga::cuda

@@ -86,6 +86,35 @@ __global__ void add_rows_kernel(const float* x, const float* rows, float* y, int
     y[i] = x[i] + rows[((i / C) % R) * C + i % C];
 }
 
+__global__ void add_row_at_kernel(const float* x, const float* table, const int32_t* counter, int32_t offset,
+                                  float* y, int64_t N, int64_t R, int64_t C) {
+  int64_t r = int64_t(*counter) + offset;
+  r = r < 0 ? 0 : (r >= R ? R - 1 : r);
+  const float* row = table + r * C;
+  const int64_t n_all = N * C;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n_all; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = x[i] + row[i % C];
+}
+
+template <typename T>
+__global__ void gather_sum_kernel(const T* __restrict__ table, const int32_t* __restrict__ ids, float* __restrict__ out,
+                                  int64_t N, int D, int d, int64_t V, int64_t C) {
+  const int64_t n_all = N * C;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n_all; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = i / C, c = i % C;
+    float acc = 0.0f;
+    for (int j = 0; j < d; ++j) {  // in column order, as the host's embed_sum
+      int64_t id = ids[n * D + j];
+      if (id < 0 || id >= V) id = 0;
+      const float e = widen(table[id * C + c]);
+      acc = j == 0 ? e : acc + e;
+    }
+    out[i] = acc;
+  }
+}
+
+__global__ void counter_add_kernel(int32_t* c, int32_t delta) { *c += delta; }
+
 __global__ void f32_to_f16_kernel(const float* x, __half* y, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     y[i] = __float2half_rn(x[i]);
@@ -97,7 +126,8 @@ __global__ void f16_to_f32_kernel(const __half* x, float* y, int64_t n) {
 }
 
 __global__ void kv_append_kernel(const float* k, const float* v, float* kc, float* vc, int64_t B, int64_t T,
-                                 int64_t H, int64_t hd, int64_t T_max, int64_t len) {
+                                 int64_t H, int64_t hd, int64_t T_max, int64_t len, const int32_t* len_dev) {
+  if (len_dev) len = *len_dev;
   const int64_t C = H * hd, n_all = B * T * C;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n_all; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = i % C, t = (i / C) % T, b = i / (C * T);
@@ -112,7 +142,8 @@ __global__ void kv_append_kernel(const float* k, const float* v, float* kc, floa
 __global__ void __launch_bounds__(kAttnThreads)
     attention_kernel(const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc,
                      float* __restrict__ out, float* __restrict__ part, int H, int T, int hd, int64_t T_max,
-                     int64_t len, int chunk, int nsplit, float scale) {
+                     int64_t len, const int32_t* len_dev, int chunk, int nsplit, float scale) {
+  if (len_dev) len = *len_dev;
   extern __shared__ float sm[];
   float* qs = sm;           // [hd]
   float* p = qs + hd;       // [chunk] scores, then exp(score - m)
@@ -271,11 +302,45 @@ void f16_to_f32(const uint16_t* x, float* y, int64_t n, cudaStream_t s) {
   CUDA_CHECK_LAUNCH();
 }
 
+void add_row_at_f32(const float* x, const float* table, const int32_t* counter, int32_t offset, float* y, int64_t N,
+                    int64_t R, int64_t C, cudaStream_t s) {
+  if (N == 0 || C == 0) return;
+  HWAGA_CHECK(R >= 1, "add_row_at: the table has no rows");
+  add_row_at_kernel<<<blocks_for(N * C), kThreads, 0, s>>>(x, table, counter, offset, y, N, R, C);
+  CUDA_CHECK_LAUNCH();
+}
+
+void gather_sum_f32(const void* table, DType dtype, const int32_t* ids, float* out, int64_t N, int D, int d, int64_t V,
+                    int64_t C, cudaStream_t s) {
+  if (N == 0 || C == 0) return;
+  HWAGA_CHECK(d >= 1 && d <= D && V >= 1, "gather_sum: ", d, " of ", D, " columns, ", V, " table rows");
+  const unsigned g = blocks_for(N * C);
+  switch (dtype) {
+    case DType::F32:
+      gather_sum_kernel<float><<<g, kThreads, 0, s>>>(static_cast<const float*>(table), ids, out, N, D, d, V, C);
+      break;
+    case DType::BF16:
+      gather_sum_kernel<__nv_bfloat16>
+          <<<g, kThreads, 0, s>>>(static_cast<const __nv_bfloat16*>(table), ids, out, N, D, d, V, C);
+      break;
+    case DType::F16:
+      gather_sum_kernel<__half><<<g, kThreads, 0, s>>>(static_cast<const __half*>(table), ids, out, N, D, d, V, C);
+      break;
+    default: fail("gather_sum: table dtype ", dtype_name(dtype), " is not f32, bf16 or f16");
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void counter_add_i32(int32_t* counter, int32_t delta, cudaStream_t s) {
+  counter_add_kernel<<<1, 1, 0, s>>>(counter, delta);
+  CUDA_CHECK_LAUNCH();
+}
+
 void kv_append_f32(const float* k, const float* v, float* kc, float* vc, int64_t B, int64_t T, int64_t H, int64_t hd,
-                   int64_t T_max, int64_t len, cudaStream_t s) {
+                   int64_t T_max, int64_t len, cudaStream_t s, const int32_t* len_dev) {
   const int64_t n = B * T * H * hd;
   if (n == 0) return;
-  kv_append_kernel<<<blocks_for(n), kThreads, 0, s>>>(k, v, kc, vc, B, T, H, hd, T_max, len);
+  kv_append_kernel<<<blocks_for(n), kThreads, 0, s>>>(k, v, kc, vc, B, T, H, hd, T_max, len, len_dev);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -287,7 +352,8 @@ int64_t attention_scratch_floats(int64_t B, int64_t T, int64_t H, int64_t hd, in
 }
 
 void attention_cached_f32(const float* q, const float* kc, const float* vc, float* out, float* scratch, int64_t B,
-                          int64_t T, int64_t H, int64_t hd, int64_t T_max, int64_t len, int num_sms, cudaStream_t s) {
+                          int64_t T, int64_t H, int64_t hd, int64_t T_max, int64_t len, int num_sms, cudaStream_t s,
+                          const int32_t* len_dev) {
   if (B * T * H == 0) return;
   HWAGA_CHECK(hd >= 1 && hd <= kAttnThreads, "attention_step: head dim ", hd, " is not supported by the CUDA kernel (1..",
               kAttnThreads, ")");
@@ -302,7 +368,7 @@ void attention_cached_f32(const float* q, const float* kc, const float* vc, floa
   const size_t smem = size_t(hd + chunk + 33 + kAttnThreads) * sizeof(float);
   dim3 grid(unsigned(B * H), unsigned(T), unsigned(nsplit));
   attention_kernel<<<grid, kAttnThreads, smem, s>>>(q, kc, vc, out, scratch, int(H), int(T), int(hd), T_max, len,
-                                                    int(chunk), int(nsplit), scale);
+                                                    len_dev, int(chunk), int(nsplit), scale);
   CUDA_CHECK_LAUNCH();
   if (nsplit > 1) {
     const int threads = int((hd + 31) / 32 * 32);

@@ -28,10 +28,21 @@ void add_rows_f32(const float* x, const float* rows, float* y, int64_t N, int64_
 void f32_to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t s);
 void f16_to_f32(const uint16_t* x, float* y, int64_t n, cudaStream_t s);
 
+// y[n,:] = x[n,:] + table[*counter + offset, :] (the row clamped to [0,R)), x/y [N,C], table [R,C].
+void add_row_at_f32(const float* x, const float* table, const int32_t* counter, int32_t offset, float* y, int64_t N,
+                    int64_t R, int64_t C, cudaStream_t s);
+// out[n,:] = sum over j < d of f32(table[ids[n*D + j], :]), in column order; an id outside [0,V)
+// reads row 0 (the sampler never writes one). table [V,C] of `dtype` (F32/BF16/F16).
+void gather_sum_f32(const void* table, DType dtype, const int32_t* ids, float* out, int64_t N, int D, int d, int64_t V,
+                    int64_t C, cudaStream_t s);
+// *counter += delta on the stream (a device-side step counter that a CUDA graph advances).
+void counter_add_i32(int32_t* counter, int32_t delta, cudaStream_t s);
+
 // Writes the new tokens' keys/values k,v [B,T,C] (C = H*hd) into positions [len, len+T) of the
-// caches kc/vc [B,H,T_max,hd].
+// caches kc/vc [B,H,T_max,hd]. With len_dev set, len is read from the device when the kernel
+// runs (a recorded step replays at the current length).
 void kv_append_f32(const float* k, const float* v, float* kc, float* vc, int64_t B, int64_t T, int64_t H, int64_t hd,
-                   int64_t T_max, int64_t len, cudaStream_t s);
+                   int64_t T_max, int64_t len, cudaStream_t s, const int32_t* len_dev = nullptr);
 
 // Causal attention of q [B,T,C] over the caches (which already hold the T new tokens): for new
 // token i, keys/values 0..len+i, scores q.k / sqrt(hd), max-subtracted softmax -> out [B,T,C].
@@ -39,8 +50,11 @@ void kv_append_f32(const float* k, const float* v, float* kc, float* vc, int64_t
 // a decode step (T = 1) with few rows still fills the GPU (flash-decoding); the chunks' partial
 // (max, sum, weighted values) are merged by a second kernel. `num_sms` sizes the split.
 // `scratch` needs attention_scratch_floats(...) floats (may be null when that is 0).
+// With len_dev set, the kernel reads len from the device and `len` is only the bound that sizes
+// the split (pass T_max - T: chunks past a token's keys write empty partials).
 int64_t attention_scratch_floats(int64_t B, int64_t T, int64_t H, int64_t hd, int64_t len, int num_sms);
 void attention_cached_f32(const float* q, const float* kc, const float* vc, float* out, float* scratch, int64_t B,
-                          int64_t T, int64_t H, int64_t hd, int64_t T_max, int64_t len, int num_sms, cudaStream_t s);
+                          int64_t T, int64_t H, int64_t hd, int64_t T_max, int64_t len, int num_sms, cudaStream_t s,
+                          const int32_t* len_dev = nullptr);
 
 }  // namespace hwaga::cuda

@@ -101,6 +101,11 @@ class Backend {
   struct KvCache {
     Tensor k, v;
     int64_t len = 0;
+    // Optional counter (counter_new) that mirrors `len` on the backend. When it is defined,
+    // attention_step takes the cache length from it and advances it by T on the backend, so that
+    // a captured step (capture_begin) replays at the right position; `len` still advances on the
+    // host outside replays and bounds the checks.
+    Tensor len_counter;
     int64_t capacity() const { return k.defined() ? k.dim(2) : 0; }
   };
   virtual KvCache kv_cache_new(int64_t B, int64_t n_head, int64_t T_max, int64_t head_dim);
@@ -130,6 +135,58 @@ class Backend {
                            Rng* /*rngs*/, int32_t* /*codes*/, int64_t* /*nan_replaced*/) {
     return false;
   }
+
+  // ---- the sampling loop on the backend (transformer/stage2_model.h StepSampler) ----
+  // The step loops of rq_transformer.cpp and mindalle_gpt.cpp keep the sampled codes, the
+  // position and the sampler's state on the backend, so that a step needs no host round trip
+  // and, on the GPU, can be captured once as a CUDA graph and replayed. The defaults below work
+  // on host tensors (the CPU backend); the CUDA backend overrides each one.
+  //
+  // A counter is an int32 [1] tensor on this backend.
+  virtual Tensor counter_new(int32_t value);
+  virtual void counter_add(Tensor& counter, int32_t delta);
+  // y[n,:] = x[n,:] + table[*counter + offset, :] for every row n of x [N,C]; table f32 [R,C].
+  // The row must be in [0,R) (the host checks it where it can read the counter; the GPU
+  // clamps).
+  virtual Tensor add_row_at(const Tensor& x, const Tensor& table, const Tensor& counter, int32_t offset);
+  // out[n,:] = sum over j < d of table[ids[n,j], :] -> f32 [N,C]; ids int32 [N,D] on this backend
+  // as sample_into writes them (0 < d <= D), table [V,C] f32/bf16/f16. The host checks every id;
+  // the GPU does not (the sampler only writes ids in [0,K)) and reads an id outside as 0.
+  virtual Tensor gather_sum(const Tensor& table, const Tensor& ids, int d);
+
+  // Where sample_into puts each draw, and the state the loop carries between draws.
+  struct SampleTarget {
+    Tensor row_codes;  // int32 [M,D]: column d of row m <- the code of candidate m % n
+    Tensor out;        // int32 [n,S,D]: [i, *step, d] <- the code of candidate i (S steps)
+    Tensor status;     // int32 [4]: first failed draw {status, logit index, row, 0}; [3] NaN count
+    Tensor step;       // counter: the loop's step
+    // Candidate i draws word pos0 + *step * pos_per_step + pos_add of Philox stream
+    // (seed, stream0 + i) (greedy filters draw nothing).
+    uint64_t seed = 0, stream0 = 0, pos0 = 0;
+    int64_t pos_per_step = 0, pos_add = 0;
+  };
+  // One draw per candidate at depth d, as sample_rows picks it, into `t` (no host round trip on
+  // the GPU). A failed draw (NaN, +inf, nothing to draw) throws at once on the host; the GPU
+  // records the first failure in t.status, writes code 0 and carries on; sample_status reports it.
+  virtual void sample_into(const Tensor& logits, int64_t n, float cfg_scale, const RowFilter& f, int d,
+                           SampleTarget& t);
+  // Throws the sampler's error for the first failed draw recorded in `status` (on the GPU: the
+  // loop's one synchronisation); returns the number of NaN logits replaced by -inf.
+  virtual int64_t sample_status(const Tensor& status);
+
+  // ---- graphs of a sampling step (CUDA graphs; other backends run op by op) ----
+  // capture_begin() starts recording this backend's ops instead of running them; returns false
+  // (and records nothing) where the backend cannot. capture_end() returns the recorded step, to
+  // launch() once per step; it throws (having stopped recording) when an op could not be
+  // recorded, and then nothing of the recorded ops has run. Tensors allocated while recording
+  // are the graph's scratch: the step's inputs and outputs must be allocated before.
+  class StepGraph {
+   public:
+    virtual ~StepGraph() = default;
+    virtual void launch() = 0;
+  };
+  virtual bool capture_begin() { return false; }
+  virtual std::unique_ptr<StepGraph> capture_end();
 };
 
 // The CPU backend (always available).

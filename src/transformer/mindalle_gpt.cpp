@@ -79,21 +79,15 @@ Tensor MindalleGpt::logits_teacher_forced(const Tensor& cond, const Tensor& code
 Tensor MindalleGpt::sample(const Tensor& cond, int64_t first, int64_t n, const GenerateOptions& opt,
                            const std::function<void(int)>& step_done) {
   const int64_t C = cfg_.embed_dim, L = cfg_.ctx_len_txt, T = cfg_.ctx_len_img, hd = C / cfg_.n_heads;
-  StepSampler sampler(opt, SamplerSemantics::MinDalle, 1, cfg_.vocab_size_img, first, n);
+  StepSampler sampler(be_, opt, SamplerSemantics::MinDalle, 1, cfg_.vocab_size_img, first, n, T);
   const int R = sampler.rows_per_candidate();
   HWAGA_CHECK(cond.ndim() == 2 && cond.dim(0) == R, "mindalle-gpt: sample expects ", R, " text rows, found ",
               shape_str(cond.shape()));
   const int64_t M = R * n;
   const std::vector<int32_t> rows = candidate_rows(R, n);
-  const Tensor row_ids = ids_tensor(rows);
-
-  Tensor codes = Tensor::zeros({n, code_h_, code_w_, 1}, DType::I32);  // raster order j = h*w_ + w
-  int32_t* cp = codes.ptr<int32_t>();
-  std::vector<int32_t> picked(static_cast<size_t>(n));
-  Tensor row_codes = Tensor::empty({M}, DType::I32);  // each row's latest code
   auto caches = new_stack_caches(be_, w_.blocks.size(), M, cfg_.n_heads, L + T - 1, hd);
 
-  // step 0: the text prefix once per distinct row; the last text slot predicts code 0
+  // Step 0: the text prefix once per distinct row; the last text slot predicts code 0.
   {
     auto prefix = new_stack_caches(be_, w_.blocks.size(), R, cfg_.n_heads, L, hd);
     Tensor x = text_tokens(cond).reshape({R, L, C});
@@ -101,20 +95,28 @@ Tensor MindalleGpt::sample(const Tensor& cond, int64_t first, int64_t n, const G
     std::vector<int32_t> last;
     for (int r = 0; r < R; ++r) last.push_back(int32_t(r * L + L - 1));
     Tensor logits = head(be_.embedding(out.reshape({R * L, C}), ids_tensor(last)));  // [R,K]
-    sampler.pick(be_, be_.embedding(logits, row_ids), 0, picked.data());             // [M,K] -> codes
+    sampler.pick(be_.embedding(logits, ids_tensor(rows)), 0);                        // [M,K] -> codes
+    sampler.next_step();
     gather_stack_caches(be_, caches, prefix, rows);
   }
-  for (int64_t j = 0;; ++j) {
-    for (int64_t i = 0; i < n; ++i) cp[i * T + j] = picked[size_t(i)];
-    for (int64_t m = 0; m < M; ++m) row_codes.ptr<int32_t>()[m] = picked[size_t(m % n)];
-    if (step_done) step_done(int(j));
-    if (j + 1 == T) break;
-    // step j+1: feed code j at image position j
-    Tensor x = be_.add_rows(be_.embedding(w_.tok_emb_img_weight, row_codes), w_.pos_emb_img_weight.slice0(j, j + 1));
+  if (step_done) step_done(0);
+  for (auto& c : caches) c.len_counter = be_.counter_new(int32_t(c.len));
+
+  // Step j >= 1: feed code j-1 (sampler.row_codes(), on the backend) at image position j-1; the
+  // step counter j and the caches' len_counter are read on the backend, so one step is a graph
+  // for all.
+  auto step = [&](int64_t j) {
+    for (auto& c : caches) c.len = L + j - 1;
+    Tensor x = be_.add_row_at(be_.gather_sum(w_.tok_emb_img_weight, sampler.row_codes(), 1), w_.pos_emb_img_weight,
+                              sampler.step_counter(), -1);
     Tensor out = gpt_stack_forward(be_, w_.blocks, x.reshape({M, 1, C}), caches, cfg_.n_heads, kStage2LnEps);
-    sampler.pick(be_, head(out.reshape({M, C})), 0, picked.data());
-  }
-  return codes;
+    sampler.pick(head(out.reshape({M, C})), 0);
+    sampler.next_step();
+  };
+  run_steps(be_, 1, T, opt.step_graphs, step, [&](int64_t j) {
+    if (step_done) step_done(int(j));
+  });
+  return sampler.finish().reshape({n, code_h_, code_w_, 1});
 }
 
 }  // namespace hwaga

@@ -32,27 +32,47 @@ class Stage2Model {
   virtual int sampling_steps() const = 0;  // h*w*D
 };
 
-// Turns one step's logits into one code per candidate: download, CFG mix, then the reference
-// sampler (sample/sampler.h) row by row with candidate (first+i)'s Philox stream (seed, first+i).
-// Rows are independent, so they are spread over the thread pool; the result does not depend on
-// the thread count or on how candidates are batched.
+// Turns each step's logits into one code per candidate, on the backend: the CFG mix, then the
+// reference sampler (sample/sampler.h) row by row with candidate (first+i)'s Philox stream
+// (seed, first+i). The codes stay on the backend (Backend::SampleTarget): each draw writes its
+// column of row_codes(), which the next step's embedding reads, and its slot of the output,
+// which finish() brings back once. The result does not depend on the thread count or on how
+// candidates are batched.
+//
+// A step loop runs S steps of D draws each (RQ: S = h*w positions, D = depth; minDALL-E: S = h*w,
+// D = 1): pick(logits, d) for d in [0,D), then next_step(). Draws are numbered by the step
+// counter on the backend, so a captured step (Backend::capture_begin) replays correctly.
 class StepSampler {
  public:
-  StepSampler(const GenerateOptions& opt, SamplerSemantics semantics, int depth, int vocab, int64_t first,
-              int64_t n);
+  StepSampler(Backend& be, const GenerateOptions& opt, SamplerSemantics semantics, int depth, int vocab,
+              int64_t first, int64_t n, int64_t steps);
   int rows_per_candidate() const { return cfg_scale_ != 0.0f ? 2 : 1; }
-  // logits [M,K] on the backend (M = rows_per_candidate()*n) at depth d -> codes[i], i < n.
-  void pick(Backend& be, const Tensor& logits, int d, int32_t* codes);
+  // logits [M,K] on the backend (M = rows_per_candidate()*n) at depth d of the current step.
+  void pick(const Tensor& logits, int d);
+  void next_step() { be_.counter_add(target_.step, 1); }
+  const Tensor& row_codes() const { return target_.row_codes; }  // int32 [M,D] on the backend
+  const Tensor& step_counter() const { return target_.step; }
+  // The codes of all steps -> host int32 [n,S,D]; throws the sampler's error for a failed draw.
+  Tensor finish();
 
  private:
+  Backend& be_;
   std::vector<RowFilter> filters_;  // one per depth
-  std::vector<Rng> rngs_;           // one per candidate
-  std::vector<SamplerScratch> scratch_;
+  Backend::SampleTarget target_;
   float cfg_scale_ = 0.0f;
   int64_t n_ = 0;
   int vocab_ = 0;
-  SamplerSemantics semantics_;
 };
+
+// Runs a sampling loop's steps [first, steps), with a CUDA graph where the backend records one:
+// step `first` runs op by op (it also warms the allocator's cache), step first+1 is recorded,
+// and the later steps replay it. `run_step(s)` issues step s's ops, reading every value that
+// changes from step to step from the backend (counters, KV caches with a len_counter), and sets
+// any host state it needs from s alone (a failed recording is retried op by op). `after_step(s)`
+// is host work run after each step (progress). With `use_graph` false, or HWAGA_CUDA_GRAPHS=0
+// in the environment, every step runs op by op.
+void run_steps(Backend& be, int64_t first, int64_t steps, bool use_graph, const std::function<void(int64_t)>& run_step,
+               const std::function<void(int64_t)>& after_step);
 
 // rows {0 x n, 1 x n, ...}: which prefix row each of the M = R*n rows continues.
 std::vector<int32_t> candidate_rows(int R, int64_t n);

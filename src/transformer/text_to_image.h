@@ -36,6 +36,8 @@ struct GenerateOptions {
   float cfg_scale = 0.0f;  // 0 = off; else logits = u + s*(c - u), unconditional = all-PAD text
                            // (an extension: neither reference has CFG, architecture.md §3.3)
   int batch = 0;           // candidates run together (0 = all); results do not depend on it
+  bool step_graphs = true;  // record one sampling step as a CUDA graph and replay it (CUDA only;
+                            // false: op by op; the same codes either way)
   std::function<void(int step, int total)> progress;  // called after each sampling step
 };
 

@@ -173,7 +173,7 @@ builds = [r for r in gen if r.get("what") == "build"]
 for r in builds:
     print(f"t2i build: {r.get('impl')} {r.get('model')} {r.get('params_m', '?')}M params in {r.get('seconds', '?')} s")
 tt = {(r["model"], r["batch"]): r for r in gen if r.get("impl") == "torch" and r.get("what") == "generate"}
-hdr = (f"{'t2i model':14} {'B':>4} | {'s/pic':>8} {'pic/s':>8} {'steady':>8} {'wGB/s':>6} {'peakMiB':>7} | "
+hdr = (f"{'t2i model':14} {'B':>4} | {'s/pic':>8} {'pic/s':>8} {'eager':>8} {'graphs':>6} {'wGB/s':>6} {'peakMiB':>7} | "
        f"{'torch s/pic':>11} {'steps':>8} | {'x torch':>7}")
 print(hdr)
 print("-" * len(hdr))
@@ -184,10 +184,11 @@ for r in gen:
     ts = t.get("s_per_pic")
     x = f"{float(ts) / float(r['s_per_pic']):.2f}" if ts else "?"
     print(f"{r['model']:14} {r['batch']:>4} | {float(r['s_per_pic']):8.4f} {float(r['pics_per_s']):8.2f} "
-          f"{float(r['steady_s_per_pic']):8.4f} {r['weight_gbs']:>6} {r['peak_mib']:>7} | {ts or '?':>11} "
+          f"{float(r.get('eager_s_per_pic', 0)):8.4f} {r.get('graph_launches', '?'):>6} {r['weight_gbs']:>6} {r['peak_mib']:>7} | {ts or '?':>11} "
           f"{t.get('steps', '?'):>8} | {x:>7}")
 print("(t2i: seconds per picture for the codes (stage 2; no stage-1 decode), bf16 weights, the presets'"
-      " top-k/top-p; steady = without the first 1/8 of the steps; wGB/s = weight bytes the loop reads / time;"
+      " top-k/top-p; eager = s/pic op by op (batch 1 only; s/pic replays one CUDA graph per step);"
+      " graphs = graph replays; wGB/s = weight bytes the loop reads / time;"
       " x torch = PyTorch s/pic / hwaga s/pic, >1 means hwaga is faster; torch steps D/T < T = extrapolated)")
 for k, r in tt.items():
     if not any(g.get("impl") == "hwaga" and (g.get("model"), g.get("batch")) == k for g in gen):

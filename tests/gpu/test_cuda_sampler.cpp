@@ -284,28 +284,52 @@ TEST(CudaSamplerErrors, ShapeAndOptionErrorsNameTheProblem) {
             std::string::npos);
 }
 
-// StepSampler (the models' per-step sampler) on the CUDA backend gives what it gives on the CPU
-// backend for the same logits, with and without guidance, over several steps and depths.
+// StepSampler (the models' per-step sampler, its codes kept on the backend) on the CUDA backend
+// gives what it gives on the CPU backend for the same logits, with and without guidance, over
+// several steps and depths: the row codes after every draw and the whole output at the end.
 TEST(CudaSamplerWiring, StepSamplerOnCudaEqualsCpu) {
   HWAGA_NEED_GPU(gpu, false);
+  Backend& cpu = gputest::cpu_backend();
   for (float cfg : {0.0f, 2.0f}) {
     GenerateOptions opt;
     opt.seed = 9;
     opt.cfg_scale = cfg;
     opt.sampler.top_k = {512};
     opt.sampler.top_p = {0.95f};
-    const int D = 4, K = 16384;
+    const int D = 4, K = 16384, S = 3;
     const int64_t first = 3, n = 24;
-    StepSampler sc(opt, RQ, D, K, first, n), sg(opt, RQ, D, K, first, n);
+    StepSampler sc(cpu, opt, RQ, D, K, first, n, S), sg(gpu, opt, RQ, D, K, first, n, S);
     const int64_t M = sc.rows_per_candidate() * n;
-    for (int step = 0; step < 2 * D; ++step) {
+    for (int step = 0; step < S * D; ++step) {
       const Tensor logits = make_logits(Logits::Normal, M, K, 77 + uint64_t(step));
-      std::vector<int32_t> hc(static_cast<size_t>(n)), gc(static_cast<size_t>(n));
-      sc.pick(gputest::cpu_backend(), logits, step % D, hc.data());
-      sg.pick(gpu, gpu.upload(logits, DType::F32), step % D, gc.data());
-      ASSERT_EQ(gc, hc) << "cfg " << cfg << " step " << step;
+      sc.pick(logits, step % D);
+      sg.pick(gpu.upload(logits, DType::F32), step % D);
+      Tensor hc = sc.row_codes(), gc = gpu.download(sg.row_codes());
+      ASSERT_EQ(shape_str(gc.shape()), shape_str(hc.shape()));
+      for (int64_t i = 0; i < hc.numel(); ++i)
+        ASSERT_EQ(gc.ptr<int32_t>()[i], hc.ptr<int32_t>()[i]) << "cfg " << cfg << " step " << step << " row code " << i;
+      if (step % D == D - 1) {
+        sc.next_step();
+        sg.next_step();
+      }
     }
+    Tensor hc = sc.finish(), gc = sg.finish();
+    ASSERT_EQ(shape_str(gc.shape()), shape_str(hc.shape()));
+    for (int64_t i = 0; i < hc.numel(); ++i) ASSERT_EQ(gc.ptr<int32_t>()[i], hc.ptr<int32_t>()[i]) << "cfg " << cfg;
   }
+}
+
+// A failed draw inside the device loop (a NaN logit under minDALL-E's rules) is reported by
+// finish() with the host sampler's message, as the CPU backend reports it at the draw.
+TEST(CudaSamplerWiring, StepSamplerOnCudaReportsAFailedDraw) {
+  HWAGA_NEED_GPU(gpu, false);
+  GenerateOptions opt;
+  opt.seed = 1;
+  StepSampler sg(gpu, opt, SamplerSemantics::MinDalle, 1, 64, 0, 2, 2);
+  Tensor logits = make_logits(Logits::Normal, 2, 64, 5);
+  logits.f32()[64 + 7] = std::numeric_limits<float>::quiet_NaN();
+  sg.pick(gpu.upload(logits, DType::F32), 0);
+  EXPECT_NE(error_of([&] { sg.finish(); }).find("NaN logit at index 7"), std::string::npos);
 }
 
 // Whole tiny models sampling with the default sampler on the GPU: deterministic, codes in range;

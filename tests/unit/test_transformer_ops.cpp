@@ -16,6 +16,7 @@
 //    roundings per output; attention sums <= 40 softmax-weighted terms).
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -285,6 +286,46 @@ TEST_P(TransformerOps, CacheGatherReplicatesAPrefix) {
 INSTANTIATE_TEST_SUITE_P(Threads, TransformerOps, ::testing::Values(1, 3));
 
 // A backend that implements only the stage-1 ops: the transformer ops must throw a clear error.
+// The sampling-loop ops (backend.h) on host tensors: counters, a table row picked by a counter,
+// prefix sums of table rows, and the attention cache length mirrored by a len_counter.
+TEST_P(TransformerOps, SamplingLoopOpsOnTheHost) {
+  Tensor c = be->counter_new(2);
+  be->counter_add(c, 3);
+  ASSERT_EQ(c.ptr<int32_t>()[0], 5);
+  const Tensor x = randn({3, 4}, 1), table = randn({6, 4}, 2);
+  Tensor y = be->add_row_at(x, table, c, -1);  // row 4
+  for (int64_t i = 0; i < 12; ++i) EXPECT_EQ(y.f32()[i], x.f32()[i] + table.f32()[16 + i % 4]);
+  EXPECT_THROW(be->add_row_at(x, table, c, 1), Error);  // row 6 of 6
+
+  Tensor codes = Tensor::empty({2, 3}, DType::I32);
+  const int32_t cv[6] = {1, 5, 0, 3, 3, 2};
+  std::memcpy(codes.data(), cv, sizeof cv);
+  Tensor bf = Tensor::empty({6, 4}, DType::BF16);
+  for (int64_t i = 0; i < 24; ++i) bf.ptr<uint16_t>()[i] = uint16_t(std::bit_cast<uint32_t>(table.f32()[i]) >> 16);
+  for (const Tensor* t : {&table, static_cast<const Tensor*>(&bf)})
+    for (int d = 1; d <= 3; ++d) {
+      Tensor g = be->gather_sum(*t, codes, d);
+      Tensor rows = be->embedding(*t, ids({1, 5, 0, 3, 3, 2}));
+      for (int64_t n = 0; n < 2; ++n)
+        for (int64_t k = 0; k < 4; ++k) {
+          float want = rows.f32()[(n * 3) * 4 + k];
+          for (int j = 1; j < d; ++j) want += rows.f32()[(n * 3 + j) * 4 + k];
+          EXPECT_EQ(g.f32()[n * 4 + k], want) << dtype_name(t->dtype()) << " d " << d;
+        }
+    }
+  codes.ptr<int32_t>()[4] = 6;
+  EXPECT_THROW(be->gather_sum(table, codes, 3), Error);
+  EXPECT_NO_THROW(be->gather_sum(table, codes, 1));
+
+  auto cache = be->kv_cache_new(1, 1, 4, 4);
+  cache.len_counter = be->counter_new(0);
+  const Tensor q = randn({1, 2, 4}, 3);
+  be->attention_step(q, q, q, cache, 1);
+  EXPECT_EQ(cache.len_counter.ptr<int32_t>()[0], 2);
+  be->counter_add(cache.len_counter, 1);  // out of step with cache.len
+  EXPECT_THROW(be->attention_step(q, q, q, cache, 1), Error);
+}
+
 class Stage1OnlyBackend final : public Backend {
  public:
   Device device() const override { return Device::CPU; }

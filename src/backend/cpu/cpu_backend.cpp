@@ -439,6 +439,12 @@ class CpuBackend final : public Backend {
     Tensor out = empty(q.shape());
     cpu::attention_cached_forward(q.f32(), k.f32(), v.f32(), cache.k.f32(), cache.v.f32(), out.f32(), B, T, n_head,
                                   C / n_head, cache.capacity(), cache.len);
+    if (cache.len_counter.defined()) {  // the host mirror of a GPU graph's cache length
+      HWAGA_CHECK(cache.len_counter.device() == Device::CPU && cache.len_counter.numel() == 1 &&
+                      cache.len_counter.ptr<int32_t>()[0] == cache.len,
+                  "attention_step: the cache's len_counter does not hold its length ", cache.len);
+      cache.len_counter.ptr<int32_t>()[0] += int32_t(T);
+    }
     cache.len += T;
     return out;
   }

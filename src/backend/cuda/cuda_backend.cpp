@@ -21,6 +21,24 @@ namespace {
 
 bool is_float(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
 
+// A recorded sampling step (Backend::capture_end). Destroying it while launches are still queued
+// is allowed: CUDA frees the executable graph once they finish.
+class CudaStepGraph final : public Backend::StepGraph {
+ public:
+  CudaStepGraph(cudaGraphExec_t exec, cudaStream_t stream, int64_t* launches)
+      : exec_(exec), stream_(stream), launches_(launches) {}
+  ~CudaStepGraph() override { cudaGraphExecDestroy(exec_); }
+  void launch() override {
+    CUDA_CHECK(cudaGraphLaunch(exec_, stream_));
+    ++*launches_;
+  }
+
+ private:
+  cudaGraphExec_t exec_;
+  cudaStream_t stream_;
+  int64_t* launches_;  // the backend's counter (the backend outlives its graphs)
+};
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const CudaBackendOptions& opts) : opts_(opts) {
@@ -430,15 +448,106 @@ class CudaBackend final : public Backend {
       cache.len += T;
       return out;
     }
+    // With a len_counter the kernels read the length on the device (a recorded step replays at
+    // the current length) and the key split is sized for the longest the cache can hold.
+    const int32_t* len_dev = nullptr;
+    int64_t len_bound = cache.len;
+    if (cache.len_counter.defined()) {
+      const Tensor& lc = cache.len_counter;
+      HWAGA_CHECK(lc.device() == Device::CUDA && lc.dtype() == DType::I32 && lc.numel() == 1,
+                  "attention_step: len_counter must be a counter on the GPU (counter_new)");
+      len_dev = lc.ptr<int32_t>();
+      len_bound = cache.capacity() - T;
+    }
     cuda::kv_append_f32(kd.ptr<float>(), vd.ptr<float>(), cache.k.ptr<float>(), cache.v.ptr<float>(), B, T, n_head,
-                        hd, cache.capacity(), cache.len, ctx_.stream);
-    const int64_t nf = cuda::attention_scratch_floats(B, T, n_head, hd, cache.len, num_sms_);
+                        hd, cache.capacity(), cache.len, ctx_.stream, len_dev);
+    const int64_t nf = cuda::attention_scratch_floats(B, T, n_head, hd, len_bound, num_sms_);
     std::shared_ptr<void> part = nf ? ctx_.scratch(size_t(nf) * 4) : nullptr;
     cuda::attention_cached_f32(qd.ptr<float>(), cache.k.ptr<float>(), cache.v.ptr<float>(), out.ptr<float>(),
-                               static_cast<float*>(part.get()), B, T, n_head, hd, cache.capacity(), cache.len,
-                               num_sms_, ctx_.stream);
+                               static_cast<float*>(part.get()), B, T, n_head, hd, cache.capacity(), len_bound,
+                               num_sms_, ctx_.stream, len_dev);
+    if (len_dev) cuda::counter_add_i32(cache.len_counter.ptr<int32_t>(), int32_t(T), ctx_.stream);
     cache.len += T;
     return out;
+  }
+
+  // ---- the sampling loop on the device (backend.h; kernels/cuda/transformer_ops.cuh, sampler.cuh) ----
+  Tensor counter_new(int32_t value) override {
+    Tensor h = Tensor::empty({1}, DType::I32);
+    h.ptr<int32_t>()[0] = value;
+    return upload(h, DType::I32);
+  }
+
+  void counter_add(Tensor& counter, int32_t delta) override {
+    HWAGA_CHECK(counter.defined() && counter.device() == Device::CUDA && counter.dtype() == DType::I32 &&
+                    counter.numel() == 1,
+                "counter_add: not a counter on the GPU (counter_new)");
+    cuda::counter_add_i32(counter.ptr<int32_t>(), delta, ctx_.stream);
+  }
+
+  Tensor add_row_at(const Tensor& x, const Tensor& table, const Tensor& counter, int32_t offset) override {
+    Tensor xd = act(x, "add_row_at: x"), td = act(table, "add_row_at: table");
+    HWAGA_CHECK(td.ndim() == 2 && xd.ndim() >= 1 && xd.dim(-1) == td.dim(1), "add_row_at: table ",
+                shape_str(td.shape()), " does not match the channels of x ", shape_str(xd.shape()));
+    HWAGA_CHECK(counter.defined() && counter.device() == Device::CUDA && counter.dtype() == DType::I32 &&
+                    counter.numel() == 1,
+                "add_row_at: not a counter on the GPU (counter_new)");
+    const int64_t C = td.dim(1), N = C ? xd.numel() / C : 0;
+    Tensor y = ctx_.empty(xd.shape());
+    cuda::add_row_at_f32(xd.ptr<float>(), td.ptr<float>(), counter.ptr<int32_t>(), offset, y.ptr<float>(), N,
+                         td.dim(0), C, ctx_.stream);
+    return y;
+  }
+
+  Tensor gather_sum(const Tensor& table, const Tensor& ids, int d) override {
+    HWAGA_CHECK(table.defined(), "gather_sum: table is undefined");
+    Tensor td = dev(table);
+    HWAGA_CHECK(is_float(td.dtype()) && td.ndim() == 2, "gather_sum: table must be f32/bf16/f16 [V,C], found ",
+                dtype_name(td.dtype()), " ", shape_str(td.shape()));
+    HWAGA_CHECK(ids.defined() && ids.device() == Device::CUDA && ids.dtype() == DType::I32 && ids.ndim() == 2,
+                "gather_sum: ids must be int32 [N,D] on the GPU (a sampling loop's row codes), found ",
+                dtype_name(ids.dtype()), " ", shape_str(ids.shape()), " on ", device_name(ids.device()));
+    const int64_t N = ids.dim(0), D = ids.dim(1);
+    HWAGA_CHECK(d >= 1 && d <= D, "gather_sum: ", d, " columns of ids ", shape_str(ids.shape()));
+    Tensor out = ctx_.empty({N, td.dim(1)});
+    cuda::gather_sum_f32(td.data(), td.dtype(), ids.ptr<int32_t>(), out.ptr<float>(), N, int(D), d, td.dim(0),
+                         td.dim(1), ctx_.stream);
+    return out;
+  }
+
+  void sample_into(const Tensor& logits, int64_t n, float cfg_scale, const RowFilter& f, int d,
+                   SampleTarget& t) override {
+    cuda::sample_into(ctx_, act(logits, "sample_into: logits"), n, cfg_scale, f, d, t);
+  }
+
+  int64_t sample_status(const Tensor& status) override { return cuda::sample_status(ctx_, status); }
+
+  // ---- CUDA graphs of a sampling step ----
+  // Recording in relaxed mode: the caching allocator may still call cudaMalloc while recording
+  // (a first use of a size), which the stricter modes forbid. A synchronising op (a download, a
+  // device-id check) fails the recording, and run_steps then runs the step op by op.
+  bool capture_begin() override {
+    CUDA_CHECK(cudaStreamBeginCapture(ctx_.stream, cudaStreamCaptureModeRelaxed));
+    return true;
+  }
+
+  std::unique_ptr<StepGraph> capture_end() override {
+    cudaGraph_t g = nullptr;
+    const cudaError_t e = cudaStreamEndCapture(ctx_.stream, &g);
+    if (e != cudaSuccess || !g) {
+      cudaGetLastError();  // not sticky: clear it so that the next call does not report it
+      if (g) cudaGraphDestroy(g);
+      fail("CUDA graph capture of the sampling step failed: ", cudaGetErrorString(e));
+    }
+    cudaGraphExec_t x = nullptr;
+    const cudaError_t ie = cudaGraphInstantiate(&x, g, 0);
+    cudaGraphDestroy(g);
+    if (ie != cudaSuccess) {
+      cudaGetLastError();
+      fail("CUDA graph instantiation of the sampling step failed: ", cudaGetErrorString(ie));
+    }
+    ++graphs_recorded_;
+    return std::make_unique<CudaStepGraph>(x, ctx_.stream, &graph_launches_);
   }
 
   // ---- sampling: kernels/cuda/sampler.cu, so that only the codes come back (cuda_sampler.h) ----
@@ -458,6 +567,8 @@ class CudaBackend final : public Backend {
     s.peak_reserved_bytes = a.peak_reserved;
     s.conv_flops = conv_->flops;
     s.conv_fallbacks = conv_->fallbacks;
+    s.graphs_recorded = graphs_recorded_;
+    s.graph_launches = graph_launches_;
     s.device_name = gpu_name_;
     return s;
   }
@@ -501,6 +612,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::Conv2d> conv_;
   std::string gpu_name_, dnn_note_;
   int sm_ = 0, num_sms_ = 1;
+  int64_t graphs_recorded_ = 0, graph_launches_ = 0;
 };
 
 CudaBackend& as_cuda(Backend& be) {

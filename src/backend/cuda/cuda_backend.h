@@ -5,6 +5,7 @@
 // Device memory comes from a caching allocator (cuda_alloc.h).
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -36,6 +37,8 @@ struct CudaStats {
   size_t peak_reserved_bytes = 0;
   double conv_flops = 0;          // 2*MACs of every conv2d since the last reset
   int conv_fallbacks = 0;         // cuDNN failures that switched convs to im2col + cuBLAS
+  int64_t graphs_recorded = 0;    // sampling steps recorded as CUDA graphs (capture_end), ever
+  int64_t graph_launches = 0;     // replays of recorded steps, ever
   std::string device_name;
 };
 CudaStats cuda_stats(Backend& be);
