@@ -527,8 +527,9 @@ class CudaBackend final : public Backend {
   // (a first use of a size), which the stricter modes forbid. A synchronising op (a download, a
   // device-id check) fails the recording, and run_steps then runs the step op by op.
   bool capture_begin() override {
-    CUDA_CHECK(cudaStreamBeginCapture(ctx_.stream, cudaStreamCaptureModeRelaxed));
-    return true;
+    if (cudaStreamBeginCapture(ctx_.stream, cudaStreamCaptureModeRelaxed) == cudaSuccess) return true;
+    cudaGetLastError();  // cannot record here: the loop runs op by op
+    return false;
   }
 
   std::unique_ptr<StepGraph> capture_end() override {
