@@ -41,6 +41,8 @@ class Backend {
   virtual Tensor upload(const Tensor& host, DType dtype) = 0;
   // Copies a tensor of this backend back to host memory (same dtype).
   virtual Tensor download(const Tensor& t) = 0;
+  // Waits until the work queued so far has run (for timing; the CPU runs ops as they are called).
+  virtual void synchronize() {}
 
   // ---- conv nets (RQ-VAE, VQGAN) ----
   // x [B,Cin,H,W], w [Cout,Cin,kh,kw], b [Cout] or undefined -> [B,Cout,Ho,Wo]

@@ -471,6 +471,8 @@ class CudaBackend final : public Backend {
     return out;
   }
 
+  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(ctx_.stream)); }
+
   // ---- the sampling loop on the device (backend.h; kernels/cuda/transformer_ops.cuh, sampler.cuh) ----
   Tensor counter_new(int32_t value) override {
     Tensor h = Tensor::empty({1}, DType::I32);
