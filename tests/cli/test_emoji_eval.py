@@ -320,6 +320,50 @@ class EndToEndTest(unittest.TestCase):
         return subprocess.run([PYTHON, SCRIPT, "--hwaga", HWAGA_BIN, "--threads", "1"] + list(args),
                               capture_output=True, encoding="utf-8", timeout=300)
 
+    def test_grow_model_paints_the_same_pixels(self):
+        """tools/emoji/grow_model.py: the grown file has the new block counts and, its new blocks
+        being the identity, generates exactly the pixels of the original; shrinking is refused."""
+        grow = os.path.join(SOURCE_DIR, "tools", "emoji", "grow_model.py")
+        out = os.path.join(self.root, "grown.safetensors")
+        p = subprocess.run([PYTHON, grow, self.model, out, "--body", "3", "--head", "2", "--seed", "5"],
+                           capture_output=True, encoding="utf-8", timeout=300)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with open(out, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(n))
+        s2 = json.loads(header["__metadata__"]["config"])["stage2"]
+        with open(self.model, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            old = json.loads(json.loads(f.read(n))["__metadata__"]["config"])["stage2"]
+        self.assertEqual((s2["n_layer_body"], s2["n_layer_head"]), (3, 2))
+        self.assertLess(old["n_layer_body"], 3)
+        self.assertIn("stage2.body_transformer.blocks.2.attn.proj.weight", header)
+
+        def pixels(path):
+            d, i, data = open(path, "rb").read(), 8, b""
+            while i < len(d):
+                ln, kind = struct.unpack(">I", d[i:i + 4])[0], d[i + 4:i + 8]
+                if kind == b"IDAT":
+                    data += d[i + 8:i + 8 + ln]
+                i += 12 + ln
+            return zlib.decompress(data)
+
+        pics = []
+        for m in (self.model, out):
+            png = os.path.join(self.root, "grow_%d.png" % len(pics))
+            g = subprocess.run([HWAGA_BIN, "generate", "-m", m, "-p", "a red apple", "--seed", "3", "--threads", "1",
+                                "-o", png], capture_output=True, encoding="utf-8", timeout=300)
+            self.assertEqual(g.returncode, 0, g.stderr)
+            pics.append(pixels(png))
+        self.assertEqual(pics[0], pics[1])
+
+        bad = os.path.join(self.root, "shrunk.safetensors")
+        p = subprocess.run([PYTHON, grow, out, bad, "--body", "1", "--head", "2"], capture_output=True,
+                           encoding="utf-8", timeout=300)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("n_layer_body 1 is below", p.stderr)
+        self.assertFalse(os.path.exists(bad))
+
     def test_report(self):
         out = os.path.join(self.root, "report.json")
         p = self.run_eval("--model", self.model, "--data", self.data, "--split", "eval", "--max-captions", "3",
