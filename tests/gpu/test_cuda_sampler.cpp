@@ -325,6 +325,7 @@ TEST(CudaSamplerWiring, StepSamplerOnCudaReportsAFailedDraw) {
   HWAGA_NEED_GPU(gpu, false);
   GenerateOptions opt;
   opt.seed = 1;
+  opt.sampler.top_k = {16};
   StepSampler sg(gpu, opt, SamplerSemantics::MinDalle, 1, 64, 0, 2, 2);
   Tensor logits = make_logits(Logits::Normal, 2, 64, 5);
   logits.f32()[64 + 7] = std::numeric_limits<float>::quiet_NaN();
