@@ -2,10 +2,10 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <string>
 
 #include "core/error.h"
-#include "core/threads.h"
 
 namespace hwaga {
 
@@ -59,18 +59,21 @@ void run_steps(Backend& be, int64_t first, int64_t steps, bool use_graph, const 
         run_step(s);
         ended = true;
         graph = be.capture_end();
-      } catch (const Error& e) {
+      } catch (const std::exception& e) {
         graph.reset();
         if (!ended) {  // an op failed while recording: stop recording, drop what was recorded
           try {
             be.capture_end();
-          } catch (const Error&) {
+          } catch (const std::exception&) {
           }
         }
         std::fprintf(stderr, "note: the sampling step could not be recorded as a graph (%s); running op by op\n",
                      e.what());
       }
-      if (graph) graph->launch(); else run_step(s);
+      if (graph)
+        graph->launch();
+      else
+        run_step(s);
       use_graph = false;
     } else {
       run_step(s);
