@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "train/train_ops.h"
+#include "train/transformer_ops.h"  // dropout_stream
 #include "transformer/stage2_config.h"
 
 namespace hwaga::train {
@@ -94,6 +95,32 @@ void gpt_block_backward(TrainOps& ops, const GptBlockParams& p, const GptBlockAc
   ops.linear_bwd(a.h1.f32(), p.value_w->v(), dv.f32(), dh.f32(), p.value_w->g(), p.value_b->g(), R, C, C, true);
   ops.layer_norm_bwd(a.x.f32(), p.ln1_w->v(), a.ln1_mean.f32(), a.ln1_rstd.f32(), dh.f32(), dx, p.ln1_w->g(),
                      p.ln1_b->g(), R, C, /*accumulate_dx=*/true);
+}
+
+Tensor gpt_stack_forward(TrainOps& ops, const std::vector<GptBlockParams>& blocks, std::vector<GptBlockActs>& acts,
+                         Tensor x, int64_t Bs, int64_t T, int64_t C, int64_t H, float dropout, uint64_t seed,
+                         int64_t step, uint32_t site0) {
+  acts.assign(blocks.size(), GptBlockActs());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    Tensor y = ops.empty({Bs * T, C});
+    gpt_block_forward(ops, blocks[i], acts[i], x.f32(), y.f32(), Bs, T, C, H, dropout, seed,
+                      dropout_stream(step, site0 + uint32_t(2 * i)));
+    x = y;
+  }
+  return x;
+}
+
+Tensor gpt_stack_backward(TrainOps& ops, const std::vector<GptBlockParams>& blocks, std::vector<GptBlockActs>& acts,
+                          Tensor dy, int64_t Bs, int64_t T, int64_t C, int64_t H, float dropout, uint64_t seed,
+                          int64_t step, uint32_t site0) {
+  for (size_t i = blocks.size(); i-- > 0;) {
+    Tensor dx = ops.empty({Bs * T, C});
+    gpt_block_backward(ops, blocks[i], acts[i], dy.f32(), dx.f32(), Bs, T, C, H, dropout, seed,
+                       dropout_stream(step, site0 + uint32_t(2 * i)));
+    acts[i] = GptBlockActs();
+    dy = dx;
+  }
+  return dy;
 }
 
 }  // namespace hwaga::train

@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 #include "train/param.h"
@@ -44,5 +45,16 @@ void gpt_block_forward(TrainOps& ops, const GptBlockParams& p, GptBlockActs& a, 
 // are added to p.*->grad.
 void gpt_block_backward(TrainOps& ops, const GptBlockParams& p, const GptBlockActs& a, float* dy, float* dx, int64_t Bs, int64_t T,
                         int64_t C, int64_t H, float dropout, uint64_t seed, uint64_t stream0);
+
+// A stack of blocks, as the trainers run it: block i draws its dropout masks from the streams
+// dropout_stream(step, site0 + 2i) and + 1.
+//   forward:  x [Bs*T,C] -> the last block's output; `acts` gets one entry a block.
+//   backward: dy [Bs*T,C] (used as scratch) -> dx; each block's activations are freed once used.
+Tensor gpt_stack_forward(TrainOps& ops, const std::vector<GptBlockParams>& blocks, std::vector<GptBlockActs>& acts,
+                         Tensor x, int64_t Bs, int64_t T, int64_t C, int64_t H, float dropout, uint64_t seed,
+                         int64_t step, uint32_t site0);
+Tensor gpt_stack_backward(TrainOps& ops, const std::vector<GptBlockParams>& blocks, std::vector<GptBlockActs>& acts,
+                          Tensor dy, int64_t Bs, int64_t T, int64_t C, int64_t H, float dropout, uint64_t seed,
+                          int64_t step, uint32_t site0);
 
 }  // namespace hwaga::train

@@ -6,7 +6,6 @@
 #include "core/error.h"
 #include "train/gpt_block_train.h"
 #include "train/train_ops.h"
-#include "train/transformer_ops.h"  // dropout_stream
 
 namespace hwaga::train {
 
@@ -111,13 +110,8 @@ GptLoss MindalleGptTrainer::run(const GptBatch& batch, bool backward, float drop
   }
 
   // ---- the causal stack ----
-  std::vector<GptBlockActs> acts(blocks_.size());
-  for (size_t i = 0; i < blocks_.size(); ++i) {
-    Tensor Y = o.empty({B * S, C});
-    gpt_block_forward(o, blocks_[i], acts[i], X.f32(), Y.f32(), B, S, C, cfg_.n_heads, dropout, seed,
-                      dropout_stream(step, uint32_t(2 * i)));
-    X = Y;
-  }
+  std::vector<GptBlockActs> acts;
+  X = gpt_stack_forward(o, blocks_, acts, X, B, S, C, cfg_.n_heads, dropout, seed, step, 0);
   const Tensor out = X;  // [B*S,C] before ln_f
 
   // ---- ln_f on every output; the heads read disjoint rows ----
@@ -181,13 +175,7 @@ GptLoss MindalleGptTrainer::run(const GptBatch& batch, bool backward, float drop
   o.layer_norm_bwd(out.f32(), ln_f_w_->v(), lnf_mean.f32(), lnf_rstd.f32(), dHs.f32(), dX.f32(), ln_f_w_->g(),
                    ln_f_b_->g(), B * S, C);
   dHs = Tensor();
-  for (size_t i = blocks_.size(); i-- > 0;) {
-    Tensor dXin = o.empty({B * S, C});
-    gpt_block_backward(o, blocks_[i], acts[i], dX.f32(), dXin.f32(), B, S, C, cfg_.n_heads, dropout, seed,
-                       dropout_stream(step, uint32_t(2 * i)));
-    acts[i] = GptBlockActs();
-    dX = dXin;
-  }
+  dX = gpt_stack_backward(o, blocks_, acts, dX, B, S, C, cfg_.n_heads, dropout, seed, step, 0);
   // input rows -> token tables and positional tables
   Tensor dXt = o.empty({B * L, C}), dXi = o.empty({B * Tm, C});
   o.copy_rows(dXt.f32(), dX.f32(), {.blocks = B, .rows = L, .C = C, .dst_block = L, .src_block = S}, false);

@@ -9,7 +9,6 @@
 #include "sample/rng.h"
 #include "train/gpt_block_train.h"
 #include "train/train_ops.h"
-#include "train/transformer_ops.h"  // dropout_stream
 
 namespace hwaga::train {
 
@@ -211,13 +210,8 @@ RqLoss RqTransformerTrainer::run(const RqBatch& batch, bool backward, float drop
   }
 
   // ---- body stack ----
-  std::vector<GptBlockActs> body_acts(body_.size());
-  for (size_t i = 0; i < body_.size(); ++i) {
-    Tensor Y = o.empty({B * T, C});
-    gpt_block_forward(o, body_[i], body_acts[i], X.f32(), Y.f32(), B, T, C, cfg_.n_head, dropout, seed,
-                      dropout_stream(step, uint32_t(2 * i)));
-    X = Y;
-  }
+  std::vector<GptBlockActs> body_acts;
+  X = gpt_stack_forward(o, body_, body_acts, X, B, T, C, cfg_.n_head, dropout, seed, step, 0);
   const Tensor& out = X;  // [B*T,C], no final LayerNorm
 
   // ---- depth input V [B*P*D,C] (§2.4) ----
@@ -240,14 +234,8 @@ RqLoss RqTransformerTrainer::run(const RqBatch& batch, bool backward, float drop
   o.add_pos_fwd(Vx.f32(), pos_emb_d_->v(), B * P * D, D, C);
 
   // ---- head stack ----
-  std::vector<GptBlockActs> head_acts(head_.size());
-  Tensor O = Vx;
-  for (size_t i = 0; i < head_.size(); ++i) {
-    Tensor Y = o.empty({B * P * D, C});
-    gpt_block_forward(o, head_[i], head_acts[i], O.f32(), Y.f32(), B * P, D, C, cfg_.n_head, dropout, seed,
-                      dropout_stream(step, kHeadSiteBase + uint32_t(2 * i)));
-    O = Y;
-  }
+  std::vector<GptBlockActs> head_acts;
+  Tensor O = gpt_stack_forward(o, head_, head_acts, Vx, B * P, D, C, cfg_.n_head, dropout, seed, step, kHeadSiteBase);
 
   // ---- image classifier and loss ----
   const int64_t NI = B * P * D;
@@ -305,13 +293,7 @@ RqLoss RqTransformerTrainer::run(const RqBatch& batch, bool backward, float drop
                      cls_ln_b_->g(), NI, C);
   }
   // head stack
-  for (size_t i = head_.size(); i-- > 0;) {
-    Tensor dX = o.empty({NI, C});
-    gpt_block_backward(o, head_[i], head_acts[i], dO.f32(), dX.f32(), B * P, D, C, cfg_.n_head, dropout, seed,
-                       dropout_stream(step, kHeadSiteBase + uint32_t(2 * i)));
-    head_acts[i] = GptBlockActs();
-    dO = dX;
-  }
+  dO = gpt_stack_backward(o, head_, head_acts, dO, B * P, D, C, cfg_.n_head, dropout, seed, step, kHeadSiteBase);
   const Tensor& dV = dO;  // [B*P*D,C]
   o.add_pos_bwd(dV.f32(), pos_emb_d_->g(), NI, D, C);
   // body output gradient dOut [B*T,C]: rows L-1+p from slot 0 of the depth input, rows 0..L-2 from
@@ -336,14 +318,7 @@ RqLoss RqTransformerTrainer::run(const RqBatch& batch, bool backward, float drop
                 true);
   }
   // body stack
-  Tensor dX = dOut;
-  for (size_t i = body_.size(); i-- > 0;) {
-    Tensor dXin = o.empty({B * T, C});
-    gpt_block_backward(o, body_[i], body_acts[i], dX.f32(), dXin.f32(), B, T, C, cfg_.n_head, dropout, seed,
-                       dropout_stream(step, uint32_t(2 * i)));
-    body_acts[i] = GptBlockActs();
-    dX = dXin;
-  }
+  Tensor dX = gpt_stack_backward(o, body_, body_acts, dOut, B, T, C, cfg_.n_head, dropout, seed, step, 0);
   // body input: text rows -> cond_emb, pos_emb_cond; image rows -> input_mlp, pos_emb_hw
   Tensor dS = o.empty({B * L, C}), dU = o.empty({B * Pm, C});
   o.copy_rows(dS.f32(), dX.f32(), {.blocks = B, .rows = L, .C = C, .dst_block = L, .src_block = T}, false);
