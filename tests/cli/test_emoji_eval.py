@@ -292,7 +292,8 @@ def write_fake_data(root):
             style_ko = "구글 스타일" if style == "google" else "트위터 스타일"
             caps = ["%s, %s style" % (name, style)] + (["%s, %s" % (ko, style_ko)] if ko else [])
             rec = {"image": path, "caption": caps[0], "key": "%s/%s" % (style, name),
-                   "json": {"captions": caps, "name_en": name, "name_ko": ko, "style": style}}
+                   "json": {"captions": caps, "name_en": name, "name_ko": ko, "style": style,
+                            "category": "People & Body" if "santa" in name else "Food & Drink"}}
             splits["eval" if "apple" in name else "train"].append(rec)
     for split, recs in splits.items():
         with open(os.path.join(root, split + ".jsonl"), "w", encoding="utf-8") as f:
@@ -362,6 +363,44 @@ class EndToEndTest(unittest.TestCase):
                            encoding="utf-8", timeout=300)
         self.assertNotEqual(p.returncode, 0)
         self.assertIn("n_layer_body 1 is below", p.stderr)
+        self.assertFalse(os.path.exists(bad))
+
+    def test_make_subset(self):
+        """tools/emoji/make_subset.py: the subset holds the drawn base emoji in both styles (never a
+        skin tone variant), eval.jsonl every other record, the shards the pictures and, with
+        --shift-augment, 7 moved copies of each (a copy is the picture moved by 2 px); bad
+        requests fail with a message and leave no folder behind."""
+        import tarfile
+        tool = os.path.join(SOURCE_DIR, "tools", "emoji", "make_subset.py")
+
+        def run(out, *args):
+            return subprocess.run([PYTHON, tool, "--data", self.data, "--out", out, "--hwaga", HWAGA_BIN] + list(args),
+                                  capture_output=True, encoding="utf-8", timeout=300)
+
+        out = os.path.join(self.root, "subset")
+        p = run(out, "--emoji", "1", "--shift-augment")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        sub = [json.loads(line) for line in open(os.path.join(out, "train.jsonl"), encoding="utf-8")]
+        rest = [json.loads(line) for line in open(os.path.join(out, "eval.jsonl"), encoding="utf-8")]
+        self.assertEqual(sorted(r["key"] for r in sub), ["google/phoenix", "twitter/phoenix"])  # santa: a tone
+        self.assertEqual(len(rest), len(self.splits["train"]) + len(self.splits["eval"]) - 2)
+        names = []
+        for shard in sorted(os.listdir(os.path.join(out, "train"))):
+            with tarfile.open(os.path.join(out, "train", shard)) as t:
+                names += [m.name for m in t.getmembers() if m.name.endswith(".png")]
+        self.assertEqual(len(names), 2 * 8)
+        orig = E.read_png(sub[0]["image"]).astype(np.int64)
+        moved = E.read_png(os.path.join(out, "shifted", sub[0]["key"] + "-s1.png")).astype(np.int64)  # dx = +2
+        np.testing.assert_array_equal(moved[:, 2:], orig[:, :-2])
+        self.assertTrue((moved[:, :2, 3] == 0).all())
+
+        p = run(out, "--emoji", "1")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("exists already", p.stderr)
+        bad = os.path.join(self.root, "subset_bad")
+        p = run(bad, "--emoji", "2")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("--emoji 2: only 1 base emoji", p.stderr)
         self.assertFalse(os.path.exists(bad))
 
     def test_report(self):
